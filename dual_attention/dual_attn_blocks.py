@@ -1,0 +1,163 @@
+"""Dual-attention encoder and decoder blocks (the DAT layers).
+
+Encoder (pre-norm):  x ← x + Drop(DualAttn(LN₁ x, s));  x ← x + Drop(FF(LN₂ x))
+Decoder (pre-norm):  x ← x + Drop(DualAttn(LN₁ x, s));  x ← x + Drop(CrossAttn(LN₂ x, ctx));  x ← x + Drop(FF(LN₃ x))
+
+Post-norm blocks apply the norm after each residual sum instead. The symbols ``s`` are computed by the caller
+(the models take them from the un-normalised block input, as published).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from dual_attention._validation import check_kwargs_dict
+from dual_attention.attention import Attention
+from dual_attention.dual_attention import DualAttention
+from dual_attention.kv_cache import StaticCache
+from dual_attention.transformer_blocks import FeedForwardBlock, _Residual, check_block_args, create_norm
+
+
+class DualAttnEncoderBlock(_Residual):
+    """Dual attention (SA + RA heads) and a feed-forward block; ``causal`` fixes the attention's causality.
+
+    ``bias`` sets the feed-forward biases; attention biases come from ``sa_kwargs``/``ra_kwargs``.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads_sa: int,
+        n_heads_ra: int,
+        dff: int | None,
+        activation: str,
+        dropout_rate: float,
+        norm_first: bool,
+        norm_type: str = "layernorm",
+        sa_kwargs: dict | None = None,
+        ra_kwargs: dict | None = None,
+        ra_type: str = "relational_attention",
+        share_attn_params: bool = False,
+        bias: bool = True,
+        causal: bool = False,
+    ) -> None:
+        super().__init__()
+        check_block_args(d_model, dropout_rate, norm_first, causal)
+        self.d_model, self.norm_first, self.causal = d_model, norm_first, causal
+        self.dropout = nn.Dropout(dropout_rate)
+        self.norm1 = create_norm(d_model, norm_type)
+        self.dual_attn = DualAttention(d_model=d_model, n_heads_sa=n_heads_sa, n_heads_ra=n_heads_ra,
+                                       dropout=dropout_rate, sa_kwargs=sa_kwargs, ra_kwargs=ra_kwargs,
+                                       ra_type=ra_type, share_attn_params=share_attn_params)
+        self.norm2 = create_norm(d_model, norm_type)
+        self.ff_block = FeedForwardBlock(d_model, dff, activation, use_bias=bias)
+
+    def init_kv_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> nn.ModuleDict:
+        return self.dual_attn.init_kv_cache(batch_size, max_len, device, dtype)
+
+    def forward(
+        self,
+        x: Tensor,
+        symbols,
+        freqs_cos: Tensor | None = None,
+        freqs_sin: Tensor | None = None,
+        *,
+        attn_mask: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
+        kv_cache: nn.ModuleDict | None = None,
+        input_pos: Tensor | None = None,
+        return_weights: bool = False,
+    ):
+        """``x (B, n, d)`` → ``(B, n, d)``; with ``return_weights`` also ``{'sa': …, 'ra': [...]}``."""
+        weights = {}
+
+        def attend(h: Tensor) -> Tensor:
+            out, weights["sa"], weights["ra"] = self.dual_attn(
+                h, symbols, attn_mask=attn_mask, is_causal=self.causal, freqs_cos=freqs_cos, freqs_sin=freqs_sin,
+                need_weights=return_weights, key_padding_mask=key_padding_mask, kv_cache=kv_cache,
+                input_pos=input_pos)
+            return out
+
+        x = self._residual(x, self.norm1, attend, self.dropout)
+        x = self._residual(x, self.norm2, self.ff_block, self.dropout)
+        return (x, weights) if return_weights else x
+
+
+class DualAttnDecoderBlock(_Residual):
+    """Causal dual attention, cross-attention to the encoder output, and a feed-forward block.
+
+    The feed-forward output gets dropout like the other sub-layers (the published block had none there).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads_sa: int,
+        n_heads_ra: int,
+        n_heads_cross: int,
+        dff: int | None,
+        activation: str,
+        dropout_rate: float,
+        norm_first: bool,
+        norm_type: str = "layernorm",
+        sa_kwargs: dict | None = None,
+        ra_kwargs: dict | None = None,
+        cross_kwargs: dict | None = None,
+        ra_type: str = "relational_attention",
+        share_attn_params: bool = False,
+        bias: bool = True,
+        causal: bool = True,
+    ) -> None:
+        super().__init__()
+        check_block_args(d_model, dropout_rate, norm_first, causal)
+        cross_kwargs = check_kwargs_dict("cross_kwargs", cross_kwargs)
+        self.d_model, self.norm_first, self.causal = d_model, norm_first, causal
+        self.dropout = nn.Dropout(dropout_rate)
+        self.norm1 = create_norm(d_model, norm_type)
+        self.dual_attn = DualAttention(d_model=d_model, n_heads_sa=n_heads_sa, n_heads_ra=n_heads_ra,
+                                       dropout=dropout_rate, sa_kwargs=sa_kwargs, ra_kwargs=ra_kwargs,
+                                       ra_type=ra_type, share_attn_params=share_attn_params)
+        self.norm2 = create_norm(d_model, norm_type)
+        self.cross_attn = Attention(d_model=d_model, n_heads=n_heads_cross, dropout=dropout_rate, **cross_kwargs)
+        self.norm3 = create_norm(d_model, norm_type)
+        self.ff_block = FeedForwardBlock(d_model, dff, activation, use_bias=bias)
+
+    def init_kv_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> nn.ModuleDict:
+        return nn.ModuleDict({"self": self.dual_attn.init_kv_cache(batch_size, max_len, device, dtype),
+                              "cross": StaticCache()})
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor,
+        symbols,
+        *,
+        freqs_cos: Tensor | None = None,
+        freqs_sin: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
+        context_padding_mask: Tensor | None = None,
+        kv_cache: nn.ModuleDict | None = None,
+        input_pos: Tensor | None = None,
+        return_weights: bool = False,
+    ):
+        """``x (B, m, d)``, ``context (B, n, d)`` → ``(B, m, d)`` (and ``{'sa', 'ra', 'cross'}`` if asked)."""
+        weights = {}
+
+        def self_attend(h: Tensor) -> Tensor:
+            out, weights["sa"], weights["ra"] = self.dual_attn(
+                h, symbols, attn_mask=attn_mask, is_causal=self.causal, freqs_cos=freqs_cos, freqs_sin=freqs_sin,
+                need_weights=return_weights, key_padding_mask=key_padding_mask,
+                kv_cache=None if kv_cache is None else kv_cache["self"], input_pos=input_pos)
+            return out
+
+        def cross_attend(h: Tensor) -> Tensor:
+            out, weights["cross"] = self.cross_attn(
+                h, context, context, need_weights=return_weights, key_padding_mask=context_padding_mask,
+                kv_cache=None if kv_cache is None else kv_cache["cross"])
+            return out
+
+        x = self._residual(x, self.norm1, self_attend, self.dropout)
+        x = self._residual(x, self.norm2, cross_attend, self.dropout)
+        x = self._residual(x, self.norm3, self.ff_block, self.dropout)
+        return (x, weights) if return_weights else x

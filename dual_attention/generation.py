@@ -1,0 +1,125 @@
+"""Autoregressive sampling with a KV cache: greedy, temperature, top-k, top-p, EOS, batched prompts, streaming.
+
+A model usable here provides ``forward(idx, *, kv_cache=None, input_pos=None, key_padding_mask=None)`` returning
+``(logits, _)``, ``block_size``, ``supports_kv_cache`` and ``init_kv_cache(batch_size, max_len, device, dtype)``.
+With the cache, the prompt is run once (prefill) and each new token costs one single-position step; without it
+(or past ``block_size``) the last ``block_size`` tokens are re-run for every token, as the published package did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+
+def sample_next_token(
+    logits: Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Pick one token per row from ``logits (B, V)``; ``temperature == 0`` is greedy (argmax)."""
+    if temperature < 0:
+        raise ValueError(f"temperature={temperature} is not valid; it must be >= 0 (0 = greedy)")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k={top_k!r} is not valid; it must be a positive int or None")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p={top_p!r} is not valid; it must be in (0, 1] or None")
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        drop = cum - torch.softmax(sorted_logits, dim=-1) >= top_p  # keep the smallest prefix reaching top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+def _check_prompt(idx: Tensor, max_new_tokens: int) -> None:
+    if not isinstance(idx, Tensor) or idx.dim() != 2 or idx.dtype not in (torch.long, torch.int32, torch.int64):
+        desc = f"{tuple(idx.shape)} {idx.dtype}" if isinstance(idx, Tensor) else type(idx).__name__
+        raise ValueError(f"idx must be an integer tensor of shape (batch, length), got {desc}")
+    if idx.shape[1] == 0:
+        raise ValueError("idx must hold at least one prompt token")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r} is not valid; it must be an int >= 0")
+
+
+@torch.no_grad()
+def stream_generate(
+    model,
+    idx: Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_token_id: int | None = None,
+    use_cache: bool = True,
+    generator: torch.Generator | None = None,
+    key_padding_mask: Tensor | None = None,
+) -> Iterator[Tensor]:
+    """Yield one new token per row ``(B,)`` per step, up to ``max_new_tokens`` or until every row hit EOS.
+
+    Rows that already produced ``eos_token_id`` keep yielding it. ``key_padding_mask (B, T)`` marks real prompt
+    tokens (True) for left-padded batches of prompts.
+    """
+    _check_prompt(idx, max_new_tokens)
+    if max_new_tokens == 0:
+        return
+    b, t = idx.shape
+    block_size = model.block_size
+    if t > block_size:
+        idx = idx[:, -block_size:]
+        key_padding_mask = None if key_padding_mask is None else key_padding_mask[:, -block_size:]
+        t = block_size
+    done = torch.zeros(b, dtype=torch.bool, device=idx.device)
+    cached = use_cache and getattr(model, "supports_kv_cache", False)
+    seq, pad = idx, key_padding_mask
+    if cached:
+        max_len = min(block_size, t + max_new_tokens)
+        param = next(model.parameters())
+        cache = model.init_kv_cache(b, max_len, device=idx.device, dtype=param.dtype)
+        full_pad = None
+        if key_padding_mask is not None:
+            full_pad = torch.ones(b, max_len, dtype=torch.bool, device=idx.device)
+            full_pad[:, :t] = key_padding_mask
+        logits, _ = model(idx, kv_cache=cache, input_pos=torch.arange(t, device=idx.device),
+                          key_padding_mask=full_pad)
+    else:
+        logits, _ = model(idx, key_padding_mask=key_padding_mask)
+    for _ in range(max_new_tokens):
+        token = sample_next_token(logits[:, -1], temperature, top_k, top_p, generator)
+        if eos_token_id is not None:
+            token = torch.where(done, torch.full_like(token, eos_token_id), token)
+            done = done | (token == eos_token_id)
+        yield token
+        if eos_token_id is not None and bool(done.all()):
+            return
+        seq = torch.cat([seq, token[:, None]], dim=1)
+        if pad is not None:
+            pad = torch.cat([pad, torch.ones(b, 1, dtype=torch.bool, device=pad.device)], dim=1)
+        pos = seq.shape[1] - 1
+        if cached and pos < max_len:
+            logits, _ = model(token[:, None], kv_cache=cache, input_pos=torch.tensor([pos], device=idx.device),
+                              key_padding_mask=full_pad)
+        else:  # no cache, or the context is full: re-run the last block_size tokens
+            window = seq[:, -block_size:]
+            logits, _ = model(window, key_padding_mask=None if pad is None else pad[:, -block_size:])
+
+
+@torch.no_grad()
+def generate(model, idx: Tensor, max_new_tokens: int, **kwargs) -> Tensor:
+    """Return ``idx`` followed by the generated tokens, ``(B, T + new)`` (see :func:`stream_generate`)."""
+    tokens = list(stream_generate(model, idx, max_new_tokens, **kwargs))
+    if not tokens:
+        return idx
+    return torch.cat([idx, torch.stack(tokens, dim=1)], dim=1)

@@ -1,0 +1,214 @@
+"""The computation of relational attention, in three interchangeable forms.
+
+For query (receiver) i, key (sender) j, attention head h (kv head g) and relation ℓ = 1..R:
+
+    α_ij^h   = softmax_j( ⟨q_i^h, k_j^g⟩ · attn_scale + M_ij )                    (then attention dropout)
+    r_ij,ℓ   = act( ⟨q_rel_i,ℓ , k_rel_j,ℓ⟩ · rel_scale )
+    A_i^h    = Σ_j α_ij^h v_j^g  +  W_r^h ( Σ_j α_ij^h r_ij )                       (W_r^h ∈ R^{D×R})
+
+where v_j^g = W_s^g s_j is the value of the sender's symbol, or, with position-relative symbols,
+v_ij^g = W_s^g s_{clip(j − p_i, −M, M)} (p_i the absolute position of query i).
+
+* :func:`ra_plain` materialises α ``(B, H, Lq, Lk)`` and r ``(B, Lq, Lk, R)``: the reference, and the only form
+  that returns the attention weights and relations. Relative symbols are summed by offset (a band
+  ``(B, H, Lq, 2M+1)``), never gathered into an ``(Lq, Lk, d)`` tensor.
+* :func:`ra_blocked` runs :func:`ra_plain` on blocks of queries with activation checkpointing, so memory is
+  O(block · Lk) instead of O(Lq · Lk) in forward and backward. Exact for every option.
+* :func:`ra_fused` uses that, for the identity relation activation, the relation term factorises:
+  Σ_j α_ij r_ij,ℓ = rel_scale · ⟨q_rel_i,ℓ , Σ_j α_ij k_rel_j,ℓ⟩. One call of
+  :func:`torch.nn.functional.scaled_dot_product_attention` with values ``[v_j | k_rel_j]`` gives both terms
+  with the flash / memory-efficient kernels: O(L) memory, no L×L tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from dual_attention.attention_utils import mask_to_additive
+
+
+@dataclass
+class RelativeSymbolValues:
+    """Projected position-relative symbol values: ``table[M + δ]`` is ``W_s s_δ`` for δ = −M..M.
+
+    Attributes:
+        table: ``(2M + 1, Hkv, D)``.
+        max_rel_pos: M; offsets beyond ±M are clipped.
+    """
+
+    table: Tensor
+    max_rel_pos: int
+
+    def offsets(self, q_pos: Tensor, k_len: int) -> Tensor:
+        """Index ``(Lq, Lk)`` into ``table``: clip(j − p_i, −M, M) + M."""
+        j = torch.arange(k_len, device=q_pos.device)
+        return (j[None, :] - q_pos[:, None]).clamp(-self.max_rel_pos, self.max_rel_pos) + self.max_rel_pos
+
+
+def _expand_heads(x: Tensor, n_rep: int) -> Tensor:
+    """``(B, K, L, D) -> (B, K*n_rep, L, D)``, kv head g serving query heads g*n_rep .. g*n_rep+n_rep-1."""
+    if n_rep == 1:
+        return x
+    b, k, length, d = x.shape
+    return x[:, :, None].expand(b, k, n_rep, length, d).reshape(b, k * n_rep, length, d)
+
+
+def _causal_mask(q_pos: Tensor, k_len: int) -> Tensor:
+    return (torch.arange(k_len, device=q_pos.device)[None, :] <= q_pos[:, None])[None, None]  # (1, 1, Lq, Lk)
+
+
+def attend_values(weights: Tensor, values: Tensor | RelativeSymbolValues, q_pos: Tensor) -> Tensor:
+    """Σ_j w_ij v_j for weights ``(B, H, Lq, Lk)`` and symbol values in any of the three forms of :func:`ra_plain`.
+
+    Relative values are summed by offset: ``band[i, δ] = Σ_{j: clip(j − p_i) = δ} w_ij``, then ``band @ table``,
+    which costs O(Lq·Lk + Lq·M·D) instead of the O(Lq·Lk·D) of gathering a value per pair.
+    """
+    b, n_heads, lq, lk = weights.shape
+    if isinstance(values, RelativeSymbolValues):
+        table = values.table  # (2M+1, Hkv, D)
+        n_rep = n_heads // table.shape[1]
+        idx = values.offsets(q_pos, lk).expand(b, n_heads, lq, lk)  # (B, H, Lq, Lk)
+        band = weights.new_zeros(b, n_heads, lq, table.shape[0]).scatter_add_(-1, idx, weights)  # (B,H,Lq,2M+1)
+        return torch.matmul(band, _expand_heads(table.permute(1, 0, 2)[None], n_rep)[0].to(band.dtype))
+    n_rep = n_heads // values.shape[1]
+    if values.dim() == 5:  # per-pair values (B, Hkv, Lq, Lk, D)
+        v = values.repeat_interleave(n_rep, dim=1) if n_rep > 1 else values
+        return torch.einsum("bhij,bhijd->bhid", weights, v)
+    return torch.matmul(weights, _expand_heads(values, n_rep))
+
+
+def ra_plain(
+    q: Tensor,
+    k: Tensor,
+    q_rel: Tensor,
+    k_rel: Tensor,
+    values: Tensor | RelativeSymbolValues,
+    wr: Tensor,
+    *,
+    attn_scale: float,
+    rel_scale: float,
+    rel_activation: nn.Module,
+    attn_dropout: nn.Module,
+    mask: Tensor | None = None,
+    is_causal: bool = False,
+    q_pos: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Relational attention with every intermediate materialised.
+
+    Args:
+        q: ``(B, H, Lq, Dk)``; k: ``(B, Hkv, Lk, Dk)`` (RoPE already applied).
+        q_rel: ``(B, Lq, R, d_r)``; k_rel: ``(B, Lk, R, d_r)``.
+        values: symbol values ``(B, Hkv, Lk, D)``, per-pair values ``(B, Hkv, Lq, Lk, D)`` (published-style
+            ``[n, n, d]`` relative symbols), or :class:`RelativeSymbolValues`.
+        wr: ``(H, D, R)``.
+        mask: ``None`` or a 4-D bool/float mask broadcastable to ``(B, H, Lq, Lk)``.
+        is_causal: causal masking by position (``q_pos``, default ``0..Lq-1``; keys at ``0..Lk-1``).
+        q_pos: absolute positions ``(Lq,)`` of the queries.
+
+    Returns:
+        ``(A (B, H, Lq, D), α (B, H, Lq, Lk) after dropout, r (B, Lq, Lk, R))``.
+    """
+    b, n_heads, lq, _ = q.shape
+    lk = k.shape[2]
+    n_rep = n_heads // k.shape[1]
+    if q_pos is None:
+        q_pos = torch.arange(lq, device=q.device)
+
+    logits = torch.matmul(q, _expand_heads(k, n_rep).transpose(-2, -1)) * attn_scale  # (B, H, Lq, Lk)
+    if is_causal:
+        mask = _causal_mask(q_pos, lk) if mask is None else mask & _causal_mask(q_pos, lk)
+    if mask is not None:
+        logits = logits + mask_to_additive(mask, logits.dtype)
+    attn = attn_dropout(torch.softmax(logits, dim=-1))  # (B, H, Lq, Lk)
+
+    relations = rel_activation(torch.einsum("bird,bjrd->bijr", q_rel, k_rel) * rel_scale)  # (B, Lq, Lk, R)
+    attended_rels = torch.einsum("bhij,bijr->bhir", attn, relations)  # (B, H, Lq, R)
+    out = torch.einsum("bhir,hdr->bhid", attended_rels, wr)  # (B, H, Lq, D)
+
+    out = out + attend_values(attn, values, q_pos)
+    return out, attn, relations
+
+
+def ra_blocked(
+    q: Tensor,
+    k: Tensor,
+    q_rel: Tensor,
+    k_rel: Tensor,
+    values: Tensor | RelativeSymbolValues,
+    wr: Tensor,
+    *,
+    block_size: int = 256,
+    mask: Tensor | None = None,
+    is_causal: bool = False,
+    q_pos: Tensor | None = None,
+    **kwargs,
+) -> Tensor:
+    """:func:`ra_plain` over blocks of ``block_size`` queries; returns ``A (B, H, Lq, D)`` only.
+
+    With gradients enabled each block is checkpointed (recomputed in backward, with the same dropout mask),
+    so neither pass ever holds more than ``block_size × Lk`` attention weights per head.
+    """
+    lq = q.shape[2]
+    if q_pos is None:
+        q_pos = torch.arange(lq, device=q.device)
+    if lq <= block_size:
+        return ra_plain(q, k, q_rel, k_rel, values, wr, mask=mask, is_causal=is_causal, q_pos=q_pos, **kwargs)[0]
+
+    def block(start: int, end: int) -> Tensor:
+        def run(q_b: Tensor, q_rel_b: Tensor) -> Tensor:
+            m = None if mask is None else (mask if mask.shape[-2] == 1 else mask[..., start:end, :])
+            vals = values
+            if isinstance(values, Tensor) and values.dim() == 5:
+                vals = values[:, :, start:end]
+            return ra_plain(q_b, k, q_rel_b, k_rel, vals, wr, mask=m, is_causal=is_causal,
+                            q_pos=q_pos[start:end], **kwargs)[0]
+
+        args = (q[:, :, start:end], q_rel[:, start:end])
+        if torch.is_grad_enabled():
+            return checkpoint(run, *args, use_reentrant=False)
+        return run(*args)
+
+    return torch.cat([block(s, min(s + block_size, lq)) for s in range(0, lq, block_size)], dim=2)
+
+
+def ra_fused(
+    q: Tensor,
+    k: Tensor,
+    q_rel: Tensor,
+    k_rel: Tensor,
+    values: Tensor,
+    wr: Tensor,
+    *,
+    attn_scale: float,
+    rel_scale: float,
+    dropout_p: float = 0.0,
+    mask: Tensor | None = None,
+    is_causal: bool = False,
+) -> Tensor:
+    """Relational attention (identity relation activation) through one fused attention call.
+
+    Shapes as in :func:`ra_plain` (``values (B, Hkv, Lk, D)``); returns ``A (B, H, Lq, D)``. Keys and values are
+    repeated to the query heads; on the CPU, q and k are zero-padded to the value width so that the flash
+    kernel (which needs equal widths) is used: padding adds zeros to every score and changes nothing.
+    """
+    b, n_heads, lq, dk = q.shape
+    lk, d = k.shape[2], values.shape[-1]
+    n_rep = n_heads // k.shape[1]
+    n_rel, d_rel = k_rel.shape[-2:]
+    k_rel_v = k_rel.reshape(b, 1, lk, n_rel * d_rel).expand(b, values.shape[1], lk, n_rel * d_rel)
+    v = _expand_heads(torch.cat([values, k_rel_v.to(values.dtype)], dim=-1), n_rep)  # (B, H, Lk, D + R*d_r)
+    k = _expand_heads(k, n_rep)  # (B, H, Lk, Dk)
+    width = v.shape[-1]
+    if q.device.type == "cpu" and dk < width:
+        q, k = F.pad(q, (0, width - dk)), F.pad(k, (0, width - dk))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=attn_scale,
+                                         dropout_p=dropout_p)  # (B, H, Lq, D + R*d_r)
+    sym, k_rel_bar = out.split([d, n_rel * d_rel], dim=-1)
+    k_rel_bar = k_rel_bar.reshape(b, n_heads, lq, n_rel, d_rel)  # (B, H, Lq, R, d_r)
+    attended_rels = (q_rel[:, None].to(k_rel_bar.dtype) * k_rel_bar).sum(-1) * rel_scale  # (B, H, Lq, R)
+    return sym + torch.einsum("bhir,hdr->bhid", attended_rels, wr.to(sym.dtype))

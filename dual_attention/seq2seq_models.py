@@ -1,0 +1,288 @@
+"""Encoder-decoder models: the Seq2Seq Dual Attention Transformer and the Transformer baseline.
+
+    enc: h⁰ = √d·Embed(x) + PE;  h^ℓ = EncBlock_ℓ(h^{ℓ-1}[, s = Retrieve(h^{ℓ-1})])
+    dec: g⁰ = √d·Embed(y) + PE;  g^ℓ = DecBlock_ℓ(g^{ℓ-1}, h^L[, s = Retrieve(g^{ℓ-1})]);  logits = W g^L + b
+
+Differences from the published package (bugs fixed): the DAT decoder has ``n_layers_dec`` blocks (it used
+``n_layers_enc``); ``tie_weights`` really ties the target embedding to the output layer (when the output is tokens
+and ``vocab_size == out_dim``). For state-dict compatibility the published alias keys
+``layers.target_embedder.weights.{weight,bias}`` (of ``final_out``) are still written and accepted; a published
+checkpoint whose embedding and output matrices differ (its "tied" model never tied them) loads exactly, by
+untying the two in the loaded model.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dual_attention._validation import check_bool, check_choice, check_kwargs_dict, check_positive_int
+from dual_attention.dual_attn_blocks import DualAttnDecoderBlock, DualAttnEncoderBlock
+from dual_attention.generation import sample_next_token
+from dual_attention.optim import configure_optimizers
+from dual_attention.positional_encoding import SinusoidalPositionalEncoding
+from dual_attention.symbol_retrieval import (
+    PositionalSymbolRetriever,
+    PositionRelativeSymbolRetriever,
+    RelationalSymbolicAttention,
+    SymbolicAttention,
+)
+from dual_attention.transformer_blocks import DecoderBlock, EncoderBlock
+
+__all__ = ["Seq2SeqTransformer", "Seq2SeqDualAttnTransformer", "configure_optimizers"]
+
+SYMBOL_RETRIEVERS = {
+    "symbolic_attention": SymbolicAttention,
+    "rel_sym_attn": RelationalSymbolicAttention,
+    "positional_symbols": PositionalSymbolRetriever,
+    "position_relative": PositionRelativeSymbolRetriever,
+}
+_ALIAS = "layers.target_embedder.weights."
+
+
+def _make_embedder(spec: dict, d_model: int, name: str) -> nn.Module:
+    if not isinstance(spec, dict):
+        raise TypeError(f"{name} must be a dict like {{'type': 'token', 'vocab_size': V}}, got {spec!r}")
+    kind = spec.get("type")
+    if kind == "token":
+        check_positive_int(f"{name}['vocab_size']", spec.get("vocab_size"))
+        return nn.Embedding(spec["vocab_size"], d_model)
+    if kind == "vector":
+        check_positive_int(f"{name}['dim']", spec.get("dim"))
+        return nn.Linear(spec["dim"], d_model)
+    raise ValueError(f"{name}['type'] must be 'token' or 'vector', not {kind!r}")
+
+
+def _check_seq(name: str, t: Tensor, spec: dict, max_len: int) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
+    if spec["type"] == "token":
+        if t.dim() != 2 or t.is_floating_point():
+            raise ValueError(f"{name} must be integer token ids of shape (batch, length), got {tuple(t.shape)} "
+                             f"{t.dtype}")
+    elif t.dim() != 3 or t.shape[-1] != spec["dim"] or not t.is_floating_point():
+        raise ValueError(f"{name} must be float vectors of shape (batch, length, {spec['dim']}), got "
+                         f"{tuple(t.shape)} {t.dtype}")
+    if t.shape[1] > max_len:
+        raise ValueError(f"{name} has length {t.shape[1]}, which exceeds the block size {max_len}")
+
+
+class _Seq2Seq(nn.Module):
+    layers: nn.ModuleDict
+    uses_symbols = False
+
+    def _init_common(self, input_spec, output_spec, d_model, out_dim, n_layers_enc, n_layers_dec, in_block_size,
+                     out_block_size, tie_weights, loss_ignore_idx) -> dict:
+        for name, v in (("d_model", d_model), ("out_dim", out_dim), ("n_layers_enc", n_layers_enc),
+                        ("n_layers_dec", n_layers_dec), ("in_block_size", in_block_size),
+                        ("out_block_size", out_block_size)):
+            check_positive_int(name, v)
+        check_bool("tie_weights", tie_weights)
+        self.input_spec, self.output_spec = dict(input_spec), dict(output_spec)
+        self.d_model, self.out_dim = d_model, out_dim
+        self.n_layers_enc, self.n_layers_dec = n_layers_enc, n_layers_dec
+        self.in_block_size, self.out_block_size = in_block_size, out_block_size
+        self.tie_weights, self.loss_ignore_idx = tie_weights, loss_ignore_idx
+        return dict(
+            source_embedder=_make_embedder(input_spec, d_model, "input_spec"),
+            target_embedder=_make_embedder(output_spec, d_model, "output_spec"),
+            source_pos_embedder=SinusoidalPositionalEncoding(d_model, dropout=0.0, max_len=in_block_size),
+            target_pos_embedder=SinusoidalPositionalEncoding(d_model, dropout=0.0, max_len=out_block_size),
+        )
+
+    def _finish_init(self) -> None:
+        emb, out = self.layers.target_embedder, self.layers.final_out
+        self.weights_tied = (self.tie_weights and isinstance(emb, nn.Embedding)
+                             and emb.weight.shape == out.weight.shape)
+        if self.weights_tied:
+            emb.weight = out.weight
+        if self.tie_weights:
+            self._register_state_dict_hook(_add_alias_keys)
+            self._register_load_state_dict_pre_hook(self._accept_alias_keys, with_module=False)
+
+    def _accept_alias_keys(self, state_dict, prefix, *args) -> None:
+        """Drop the published alias keys (checking they equal ``final_out``), untie a never-tied checkpoint."""
+        for suffix in ("weight", "bias"):
+            alias = prefix + _ALIAS + suffix
+            if alias in state_dict:
+                value, target = state_dict.pop(alias), state_dict.get(f"{prefix}layers.final_out.{suffix}")
+                if target is not None and not torch.equal(value, target):
+                    raise ValueError(f"{alias} must equal layers.final_out.{suffix} (it is an alias of it)")
+        emb_key, out_key = prefix + "layers.target_embedder.weight", prefix + "layers.final_out.weight"
+        if self.weights_tied and emb_key in state_dict and out_key in state_dict \
+                and not torch.equal(state_dict[emb_key], state_dict[out_key]):
+            warnings.warn("this checkpoint's target embedding and output layer differ (saved by a model whose "
+                          "tie_weights tied nothing, like the published 0.0.7): loading them untied", stacklevel=2)
+            self.layers.target_embedder.weight = nn.Parameter(state_dict[emb_key].clone())
+            self.weights_tied = False
+
+    # ------------------------------------------------------------------------------------------------- forward
+    def _embed(self, t: Tensor, which: str, offset=0) -> Tensor:
+        h = self.layers[f"{which}_embedder"](t)
+        return self.layers[f"{which}_pos_embedder"](h, offset)
+
+    def _symbols(self, h: Tensor, input_pos: Tensor | None = None):
+        return self.layers.symbol_retriever.retrieve(h, input_pos) if self.uses_symbols else None
+
+    def encode(self, x: Tensor, src_padding_mask: Tensor | None = None) -> Tensor:
+        """Source ``x`` → encoder output ``(B, Ls, d)``."""
+        _check_seq("x", x, self.input_spec, self.in_block_size)
+        h = self._embed(x, "source")
+        for block in self.layers.encoder_blocks:
+            args = (h, self._symbols(h)) if self.uses_symbols else (h,)
+            h = block(*args, key_padding_mask=src_padding_mask)
+        return h
+
+    def decode(self, y: Tensor, context: Tensor, src_padding_mask: Tensor | None = None,
+               tgt_padding_mask: Tensor | None = None, kv_cache: nn.ModuleList | None = None,
+               input_pos: Tensor | None = None) -> Tensor:
+        """Target ``y`` attending to ``context`` → logits ``(B, Ly, out_dim)``."""
+        _check_seq("y", y, self.output_spec, self.out_block_size)
+        g = self._embed(y, "target", 0 if input_pos is None else input_pos)
+        for i, block in enumerate(self.layers.decoder_blocks):
+            args = (g, context, self._symbols(g, input_pos)) if self.uses_symbols else (g, context)
+            g = block(*args, key_padding_mask=tgt_padding_mask, context_padding_mask=src_padding_mask,
+                      kv_cache=None if kv_cache is None else kv_cache[i], input_pos=input_pos)
+        return self.layers.final_out(g)
+
+    def forward(self, x: Tensor, y: Tensor, targets: Tensor | None = None, *,
+                src_padding_mask: Tensor | None = None, tgt_padding_mask: Tensor | None = None):
+        """``(logits, loss)``: logits ``(B, Ly, out_dim)`` with ``targets``, else for the last position only
+        ``(B, 1, out_dim)`` (as published). Padding masks are bool ``(B, L)``, True for real tokens."""
+        logits = self.decode(y, self.encode(x, src_padding_mask), src_padding_mask, tgt_padding_mask)
+        if targets is None:
+            return logits[:, -1:], None
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
+                               ignore_index=self.loss_ignore_idx)
+        return logits, loss
+
+    # ---------------------------------------------------------------------------------------------- generation
+    @property
+    def supports_kv_cache(self) -> bool:
+        if self.uses_symbols and isinstance(self.layers.symbol_retriever, RelationalSymbolicAttention):
+            return False  # its symbols depend on each token's neighbours' states, which the cache does not keep
+        return all(getattr(getattr(b, "dual_attn", None), "supports_kv_cache", True)
+                   for b in self.layers.decoder_blocks)
+
+    @torch.no_grad()
+    def generate(self, src: Tensor, max_new_tokens: int, bos_token_id: int, eos_token_id: int | None = None,
+                 temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                 src_padding_mask: Tensor | None = None, use_cache: bool = True,
+                 generator: torch.Generator | None = None) -> Tensor:
+        """Decode from ``src``: encoder once, then a cached decoder step per token → ``(B, 1 + new)`` ids
+        starting with ``bos_token_id`` (greedy by default; stops once every row emitted ``eos_token_id``)."""
+        if self.output_spec["type"] != "token":
+            raise ValueError("generate needs a token output_spec")
+        max_new_tokens = min(max_new_tokens, self.out_block_size - 1)
+        context = self.encode(src, src_padding_mask)
+        b = context.shape[0]
+        y = torch.full((b, 1), bos_token_id, dtype=torch.long, device=context.device)
+        done = torch.zeros(b, dtype=torch.bool, device=context.device)
+        cache = None
+        if use_cache and self.supports_kv_cache:
+            cache = nn.ModuleList(blk.init_kv_cache(b, max_new_tokens + 1, context.device, context.dtype)
+                                  for blk in self.layers.decoder_blocks)
+        for step in range(max_new_tokens):
+            if cache is not None:
+                logits = self.decode(y[:, -1:], context, src_padding_mask, kv_cache=cache,
+                                     input_pos=torch.tensor([step], device=y.device))
+            else:
+                logits = self.decode(y, context, src_padding_mask)
+            token = sample_next_token(logits[:, -1], temperature, top_k, top_p, generator)
+            if eos_token_id is not None:
+                token = torch.where(done, torch.full_like(token, eos_token_id), token)
+                done = done | (token == eos_token_id)
+            y = torch.cat([y, token[:, None]], dim=1)
+            if eos_token_id is not None and bool(done.all()):
+                break
+        return y
+
+    def get_num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def estimate_mfu(self, fwdbwd_per_iter: int, dt: float, peak_flops: float = 312e12) -> float:
+        """MFU from the 6·N FLOPs per (source + target) token approximation (attention FLOPs not counted)."""
+        tokens = (self.in_block_size + self.out_block_size) * fwdbwd_per_iter
+        return 6 * self.get_num_params() * tokens / dt / peak_flops
+
+
+def _add_alias_keys(module, state_dict, prefix, local_metadata) -> None:
+    """Write ``layers.target_embedder.weights.*`` (aliases of ``final_out``) where the published package did."""
+    items = list(state_dict.items())
+    state_dict.clear()
+    anchor = prefix + "layers.target_embedder."
+    inserted = False
+    for i, (k, v) in enumerate(items):
+        state_dict[k] = v
+        nxt = items[i + 1][0] if i + 1 < len(items) else ""
+        if not inserted and k.startswith(anchor) and not nxt.startswith(anchor):
+            state_dict[prefix + _ALIAS + "weight"] = state_dict.get(prefix + "layers.final_out.weight",
+                                                                    module.layers.final_out.weight.detach())
+            state_dict[prefix + _ALIAS + "weight"] = module.layers.final_out.weight.detach()
+            if module.layers.final_out.bias is not None:
+                state_dict[prefix + _ALIAS + "bias"] = module.layers.final_out.bias.detach()
+            inserted = True
+    return state_dict if isinstance(state_dict, OrderedDict) else None
+
+
+class Seq2SeqTransformer(_Seq2Seq):
+    """The encoder-decoder Transformer baseline (arguments, defaults and state-dict keys as published).
+
+    ``encoder_kwargs`` go to :class:`EncoderBlock` (n_heads, dff, dropout_rate, activation, norm_first, ...),
+    ``decoder_kwargs`` to :class:`DecoderBlock` (also n_heads_cross; ``causal`` defaults to True).
+    """
+
+    def __init__(self, input_spec: dict, output_spec: dict, d_model: int, out_dim: int, n_layers_enc: int,
+                 n_layers_dec: int, encoder_kwargs: dict, decoder_kwargs: dict, in_block_size: int,
+                 out_block_size: int, tie_weights: bool = True, loss_ignore_idx: int = -1) -> None:
+        super().__init__()
+        layers = self._init_common(input_spec, output_spec, d_model, out_dim, n_layers_enc, n_layers_dec,
+                                   in_block_size, out_block_size, tie_weights, loss_ignore_idx)
+        enc, dec = check_kwargs_dict("encoder_kwargs", encoder_kwargs), check_kwargs_dict("decoder_kwargs",
+                                                                                          decoder_kwargs)
+        layers["encoder_blocks"] = nn.ModuleList(EncoderBlock(d_model, **enc) for _ in range(n_layers_enc))
+        layers["decoder_blocks"] = nn.ModuleList(DecoderBlock(d_model, **dec) for _ in range(n_layers_dec))
+        layers["final_out"] = nn.Linear(d_model, out_dim)
+        self.layers = nn.ModuleDict(layers)
+        self._finish_init()
+
+
+class Seq2SeqDualAttnTransformer(_Seq2Seq):
+    """The encoder-decoder Dual Attention Transformer (arguments, defaults and state-dict keys as published).
+
+    One ``symbol_retriever`` (``'symbolic_attention'``, ``'rel_sym_attn'``, ``'positional_symbols'`` or
+    ``'position_relative'``) serves every encoder and decoder layer; ``encoder_kwargs``/``decoder_kwargs`` go to
+    :class:`DualAttnEncoderBlock`/:class:`DualAttnDecoderBlock`.
+    """
+
+    uses_symbols = True
+
+    def __init__(self, input_spec: dict, output_spec: dict, symbol_retrieval: str, symbol_retrieval_kwargs: dict,
+                 d_model: int, out_dim: int, n_layers_enc: int, n_layers_dec: int, encoder_kwargs: dict,
+                 decoder_kwargs: dict, in_block_size: int, out_block_size: int, tie_weights: bool = True,
+                 loss_ignore_idx: int = -1) -> None:
+        super().__init__()
+        layers = self._init_common(input_spec, output_spec, d_model, out_dim, n_layers_enc, n_layers_dec,
+                                   in_block_size, out_block_size, tie_weights, loss_ignore_idx)
+        check_choice("symbol_retrieval", symbol_retrieval, SYMBOL_RETRIEVERS)
+        enc, dec = check_kwargs_dict("encoder_kwargs", encoder_kwargs), check_kwargs_dict("decoder_kwargs",
+                                                                                          decoder_kwargs)
+        relative = symbol_retrieval == "position_relative"
+        for name, kw in (("encoder_kwargs", enc), ("decoder_kwargs", dec)):
+            flag = bool(check_kwargs_dict(f"{name}['ra_kwargs']", kw.get("ra_kwargs")).get(
+                "use_relative_positional_symbols", False))
+            if kw.get("n_heads_ra", 1) > 0 and flag != relative:
+                raise ValueError(f"symbol_retrieval={symbol_retrieval!r} needs {name}['ra_kwargs']"
+                                 f"['use_relative_positional_symbols']={relative}")
+        self.symbol_retrieval = symbol_retrieval
+        layers["symbol_retriever"] = SYMBOL_RETRIEVERS[symbol_retrieval](
+            **check_kwargs_dict("symbol_retrieval_kwargs", symbol_retrieval_kwargs))
+        layers["encoder_blocks"] = nn.ModuleList(DualAttnEncoderBlock(d_model, **enc) for _ in range(n_layers_enc))
+        layers["decoder_blocks"] = nn.ModuleList(DualAttnDecoderBlock(d_model, **dec) for _ in range(n_layers_dec))
+        layers["final_out"] = nn.Linear(d_model, out_dim)
+        self.layers = nn.ModuleDict(layers)
+        self._finish_init()

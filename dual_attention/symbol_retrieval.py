@@ -1,0 +1,251 @@
+"""Symbol retrievers: where the symbols s_j that tag relational-attention messages come from.
+
+* :class:`SymbolicAttention`: s_i = concat_h softmax(q_h(x_i) Fᵀ_h · scale) S_h, attention over a learned library
+  of symbols ``S`` keyed by template features ``F`` (content-based, "symbolic attention").
+* :class:`PositionalSymbolRetriever`: s_i = E[i] (position-based).
+* :class:`PositionRelativeSymbolRetriever`: s_ij = E[clip(j − i, −M, M)] (position-relative).
+* :class:`RelationalSymbolicAttention`: symbolic attention queried by each token's relations to its neighbours.
+
+Every retriever has ``retrieve(x, input_pos=None)``, used by the models: the position-based ones then return the
+symbols of the given positions (incremental decoding), and the position-relative one returns a compact
+:class:`RelativeSymbols` (the ``2M+1`` table) instead of the ``(n, n, d)`` tensor its ``forward`` gives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dual_attention._validation import check_bool, check_divisible, check_positive_int, check_probability
+from dual_attention.positional_encoding import RelativePositionalEncoding
+
+
+@dataclass
+class RelativeSymbols:
+    """Position-relative symbols in compact form: ``s_ij = table[clip(j − i, −M, M) + M]``.
+
+    ``table``: ``(2M + 1, d)``; ``max_rel_pos``: M. :meth:`materialize` gives the published ``(n, n, d)`` tensor.
+    """
+
+    table: Tensor
+    max_rel_pos: int
+
+    def materialize(self, length_q: int, length_k: int | None = None) -> Tensor:
+        length_k = length_q if length_k is None else length_k
+        device = self.table.device
+        offsets = torch.arange(length_k, device=device)[None, :] - torch.arange(length_q, device=device)[:, None]
+        m = self.max_rel_pos
+        return self.table[offsets.clamp(-m, m) + m]  # (Lq, Lk, d)
+
+
+def _check_input(x: Tensor, d_model: int | None = None) -> None:
+    if not isinstance(x, Tensor) or x.dim() != 3:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x must have shape (batch, length, d_model), got {shape}")
+    if d_model is not None and x.shape[-1] != d_model:
+        raise ValueError(f"x has feature dim {x.shape[-1]}, expected d_model={d_model}")
+
+
+class SymbolicAttention(nn.Module):
+    """Symbolic attention: multi-head attention from ``x`` to a learned symbol library.
+
+    ``s_i = concat_h softmax_k(⟨q_h(x_i), F_h,k⟩ · scale) S_h,k`` with ``q = q_proj(x)``, template features
+    ``F (n_symbols, d)`` as keys and the symbol library ``S (n_symbols, d)`` as values, each split into
+    ``n_heads`` heads; ``scale`` defaults to ``1/√(d/n_heads)``. Dropout on the weights in training only (the
+    published package also dropped in eval mode).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        n_symbols: int,
+        dropout: float = 0.0,
+        scale: float | None = None,
+        trainable_symbols: bool = True,
+    ) -> None:
+        super().__init__()
+        check_positive_int("d_model", d_model)
+        check_positive_int("n_heads", n_heads)
+        check_positive_int("n_symbols", n_symbols)
+        check_divisible("d_model", d_model, "n_heads", n_heads)
+        check_probability("dropout", dropout)
+        check_bool("trainable_symbols", trainable_symbols)
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0):
+            raise ValueError(f"scale={scale!r} is not valid; it must be a positive float or None")
+        self.d_model, self.n_heads, self.n_symbols = d_model, n_heads, n_symbols
+        self.dropout, self.scale, self.trainable_symbols = dropout, scale, trainable_symbols
+        self.head_dim = d_model // n_heads
+        self.template_features = nn.Parameter(torch.empty(n_symbols, d_model))
+        self.symbol_library = nn.Parameter(torch.empty(n_symbols, d_model), requires_grad=trainable_symbols)
+        self.q_proj = nn.Linear(d_model, d_model)
+        nn.init.normal_(self.template_features)
+        nn.init.normal_(self.symbol_library)
+
+    @property
+    def attn_scale(self) -> float:
+        return self.scale if self.scale is not None else self.head_dim ** -0.5
+
+    def _heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        b, n, _ = x.shape
+        q = self.q_proj(x).view(b, n, self.n_heads, self.head_dim).transpose(1, 2)  # (B, h, n, dh)
+        k = self.template_features.view(self.n_symbols, self.n_heads, self.head_dim).transpose(0, 1)  # (h, N, dh)
+        v = self.symbol_library.view(self.n_symbols, self.n_heads, self.head_dim).transpose(0, 1)  # (h, N, dh)
+        return q, k.unsqueeze(0).expand(b, -1, -1, -1), v.unsqueeze(0).expand(b, -1, -1, -1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x (B, n, d) -> symbols (B, n, d)``."""
+        _check_input(x, self.d_model)
+        q, k, v = self._heads(x)
+        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), scale=self.attn_scale,
+                                             dropout_p=self.dropout if self.training else 0.0)  # (B, h, n, dh)
+        return out.transpose(1, 2).reshape(x.shape[0], x.shape[1], self.d_model)
+
+    def forward_with_weights(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Symbols and the attention over the library, ``(B, n, d)`` and ``(B, h, n, n_symbols)`` (no dropout)."""
+        _check_input(x, self.d_model)
+        q, k, v = self._heads(x)
+        weights = torch.softmax(torch.matmul(q, k.transpose(-2, -1)) * self.attn_scale, dim=-1)  # (B, h, n, N)
+        out = torch.matmul(weights, v).transpose(1, 2).reshape(x.shape[0], x.shape[1], self.d_model)
+        return out, weights
+
+    def retrieve(self, x: Tensor, input_pos: Tensor | None = None) -> Tensor:
+        return self(x)
+
+
+class PositionalSymbolRetriever(nn.Module):
+    """Position-based symbols: ``s_i = E[i]`` for a learned table ``E (max_length, symbol_dim)``.
+
+    ``sinusoidal`` is accepted for compatibility and ignored (as in the published package).
+    """
+
+    def __init__(self, symbol_dim: int, max_length: int, sinusoidal: bool = False) -> None:
+        super().__init__()
+        check_positive_int("symbol_dim", symbol_dim)
+        check_positive_int("max_length", max_length)
+        self.symbol_dim, self.max_length, self.sinusoidal = symbol_dim, max_length, sinusoidal
+        self.symbol_library = nn.Embedding(max_length, symbol_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x (B, n, ·) -> E[0..n-1]`` broadcast to ``(B, n, symbol_dim)`` (a view, not a copy)."""
+        return self.retrieve(x)
+
+    def retrieve(self, x: Tensor, input_pos: Tensor | None = None) -> Tensor:
+        _check_input(x)
+        b, n, _ = x.shape
+        if input_pos is None:
+            if n > self.max_length:
+                raise ValueError(f"sequence length {n} exceeds the positional symbols' max_length={self.max_length}")
+            input_pos = torch.arange(n, device=x.device)
+        return self.symbol_library(input_pos).unsqueeze(0).expand(b, -1, -1)
+
+
+class PositionRelativeSymbolRetriever(nn.Module):
+    """Position-relative symbols: ``s_ij = E[clip(j − i, −M, M) + M]`` (pair with relative RA)."""
+
+    def __init__(self, symbol_dim: int, max_rel_pos: int) -> None:
+        super().__init__()
+        self.symbol_dim, self.max_rel_pos = symbol_dim, max_rel_pos
+        self.rel_pos_enc = RelativePositionalEncoding(dim=symbol_dim, max_rel_pos=max_rel_pos)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The published form: ``(n, n, symbol_dim)``, no batch dim. Prefer :meth:`relative_symbols`."""
+        _check_input(x)
+        return self.rel_pos_enc(x.shape[1])
+
+    def relative_symbols(self) -> RelativeSymbols:
+        return RelativeSymbols(self.rel_pos_enc.rel_pos_embeddings, self.max_rel_pos)
+
+    def retrieve(self, x: Tensor, input_pos: Tensor | None = None) -> RelativeSymbols:
+        _check_input(x)
+        return self.relative_symbols()
+
+
+class RelationalSymbolicAttention(nn.Module):
+    """Symbolic attention queried by each token's relations to its neighbourhood.
+
+    ``rel_i = [⟨q_h(x_i), k_h(x_j)⟩ · rel_scale]_{j ∈ N(i), h}`` (softmax over the neighbourhood when
+    ``normalize_rels``), flattened in (neighbour, head) order, projected to ``d_model`` and used as the query of a
+    :class:`SymbolicAttention`. Neighbourhoods: causal ``i-1..i-Δ`` (``i..i-Δ`` with self), otherwise
+    ``i-Δ..i+Δ``. Neighbours outside the sequence are masked out (the published package clamped their indices,
+    duplicating the edge tokens).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        rel_n_heads: int,
+        symbolic_attn_n_heads: int,
+        n_symbols: int,
+        nbhd_delta: int,
+        causal_nbhd: bool = True,
+        include_self: bool = False,
+        normalize_rels: bool = True,
+        dropout: float = 0.0,
+        rel_scale: float | None = None,
+        symbolic_attn_scale: float | None = None,
+    ) -> None:
+        super().__init__()
+        check_positive_int("d_model", d_model)
+        check_positive_int("rel_n_heads", rel_n_heads)
+        check_divisible("d_model", d_model, "rel_n_heads", rel_n_heads)
+        check_positive_int("nbhd_delta", nbhd_delta)
+        self.d_model, self.rel_n_heads, self.nbhd_delta = d_model, rel_n_heads, nbhd_delta
+        self.causal_nbhd, self.include_self, self.normalize_rels = causal_nbhd, include_self, normalize_rels
+        self.rel_scale = rel_scale if rel_scale is not None else (d_model // rel_n_heads) ** -0.5
+        if causal_nbhd:
+            self.nbhd_size = nbhd_delta + 1 if include_self else nbhd_delta
+        else:
+            self.nbhd_size = 2 * nbhd_delta + 1 if include_self else 2 * nbhd_delta
+        self.nbhd_rel_dim = rel_n_heads * self.nbhd_size
+        self.symbolic_attention = SymbolicAttention(d_model, symbolic_attn_n_heads, n_symbols, dropout,
+                                                    symbolic_attn_scale)
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.model_dim_proj = nn.Linear(self.nbhd_rel_dim, d_model)
+
+    @staticmethod
+    def _offsets(delta: int, causal: bool, include_self: bool) -> list[int]:
+        if causal:
+            return list(range(0 if include_self else 1, delta + 1))  # i, i-1, ..., i-Δ  → offsets as -o
+        return [o for o in range(-delta, delta + 1) if include_self or o != 0]
+
+    @staticmethod
+    def _raw_neighbors(n: int, delta: int, causal: bool, include_self: bool) -> Tensor:
+        offs = RelationalSymbolicAttention._offsets(delta, causal, include_self)
+        offs = torch.tensor([-o for o in offs] if causal else offs)
+        return torch.arange(n)[:, None] + offs[None, :]  # (n, nbhd), may fall outside [0, n)
+
+    @staticmethod
+    def compute_neighbor_mask(n: int, delta: int, include_self: bool = True) -> Tensor:
+        """Index ``(n, nbhd)`` of the non-causal neighbours ``i-Δ..i+Δ``, clamped to ``[0, n-1]``."""
+        return RelationalSymbolicAttention._raw_neighbors(n, delta, False, include_self).clamp(0, n - 1)
+
+    @staticmethod
+    def compute_causal_neighbor_mask(n: int, delta: int, include_self: bool = False) -> Tensor:
+        """Index ``(n, nbhd)`` of the causal neighbours ``i-1..i-Δ`` (``i..i-Δ``), clamped to ``[0, n-1]``."""
+        return RelationalSymbolicAttention._raw_neighbors(n, delta, True, include_self).clamp(0, n - 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_input(x, self.d_model)
+        b, n, d = x.shape
+        h, dh = self.rel_n_heads, d // self.rel_n_heads
+        raw = self._raw_neighbors(n, self.nbhd_delta, self.causal_nbhd, self.include_self).to(x.device)
+        valid = (raw >= 0) & (raw < n)  # (n, nbhd)
+        idx = raw.clamp(0, n - 1)
+        q = self.q_proj(x).view(b, n, h, dh)  # (B, n, h, dh)
+        k = self.k_proj(x).view(b, n, h, dh)[:, idx]  # (B, n, nbhd, h, dh)
+        rels = torch.einsum("bihd,bijhd->bijh", q, k)  # (B, n, nbhd, h)
+        if self.normalize_rels:
+            rels = (rels * self.rel_scale).masked_fill(~valid[None, :, :, None], float("-inf"))
+            rels = torch.softmax(rels, dim=2).nan_to_num(0.0)
+        else:
+            rels = rels.masked_fill(~valid[None, :, :, None], 0.0)
+        rels = rels.reshape(b, n, self.nbhd_rel_dim)  # (B, n, nbhd*h), (neighbour, head) order
+        return self.symbolic_attention(self.model_dim_proj(rels))
+
+    def retrieve(self, x: Tensor, input_pos: Tensor | None = None) -> Tensor:
+        return self(x)

@@ -1,0 +1,70 @@
+"""Helpers shared by the ``dat train/eval/generate/info/plot`` command modules."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+__all__ = ["user_errors", "OverrideParser", "use_override_parser", "USER_ERRORS"]
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    from dual_attention.training.checkpoint import CheckpointError
+    from dual_attention.training.config import ConfigError
+    from dual_attention.training.tokenizers import DataError
+    from dual_attention.training.trainer import RunDirError
+
+    return (ConfigError, DataError, RunDirError, CheckpointError)
+
+
+USER_ERRORS = _user_error_types
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the library's user-error exceptions (and OS errors on user paths) into one-line CLIErrors."""
+    from dual_attention.cli import CLIError
+
+    try:
+        yield
+    except _user_error_types() as e:
+        raise CLIError(str(e)) from None
+    except FloatingPointError as e:
+        raise CLIError(f"{e}: lower optim.learning_rate or use train.dtype=float32") from None
+    except OSError as e:
+        where = f" {e.filename!r}" if getattr(e, "filename", None) else ""
+        raise CLIError(f"{e.strerror or e}{where}") from None
+
+
+class OverrideParser(argparse.ArgumentParser):
+    """An ArgumentParser that collects ``--section.key=value`` (or ``--section.key value``) into ``overrides``."""
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        namespace, extras = super().parse_known_args(args, namespace)
+        overrides = list(getattr(namespace, "overrides", None) or [])
+        rest: list[str] = []
+        i = 0
+        while i < len(extras):
+            tok = extras[i]
+            name = tok[2:].split("=", 1)[0] if tok.startswith("--") else ""
+            if name and "." in name:
+                if "=" in tok:
+                    overrides.append(tok[2:])
+                elif i + 1 < len(extras) and not extras[i + 1].startswith("--"):
+                    overrides.append(f"{name}={extras[i + 1]}")
+                    i += 1
+                else:
+                    overrides.append(f"{name}=true")
+            else:
+                rest.append(tok)
+            i += 1
+        namespace.overrides = overrides
+        return namespace, rest
+
+
+def use_override_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Make a sub-parser created by ``subparsers.add_parser`` accept dotted config overrides."""
+    parser.__class__ = OverrideParser
+    parser.set_defaults(overrides=[])
+    return parser

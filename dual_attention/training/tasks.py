@@ -1,0 +1,371 @@
+"""Per-family training logic: batches, summed losses and evaluation.
+
+Every task returns the *summed* loss of a micro-batch and knows the number of loss terms ``N`` of the
+whole global batch (tokens for LM and seq2seq, images for vision). The trainer back-propagates
+``W * sum_loss / N`` on each of ``W`` processes (DDP/FSDP average the gradients over processes), so
+that the gradient is that of the mean loss over the global batch,
+
+    grad = (1/N) sum_{micro m} sum_{rank r} sum_{i in (m, r)} grad loss_i,
+
+exactly as a single process would compute it, whatever the padding per micro-batch.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dual_attention.training.config import Config, ConfigError
+from dual_attention.training.data import (
+    DataError,
+    ImageData,
+    LMData,
+    PairData,
+    Seq2SeqData,
+    TokenStream,
+    VisionData,
+    epoch_indices,
+    load_lm_data,
+    load_seq2seq_data,
+    load_vision_data,
+    micro_slice,
+    step_generator,
+)
+from dual_attention.training.tokenizers import CharTokenizer, get_tokenizer
+
+__all__ = ["Task", "LMTask", "Seq2SeqTask", "VisionTask", "make_task"]
+
+
+class Task:
+    """Interface shared by the families (see the module docstring)."""
+
+    family = ""
+    unit = "samples"
+
+    def __init__(self, cfg: Config, device: torch.device):
+        self.cfg = cfg
+        self.device = device
+        self._cache: tuple[int, torch.Tensor] | None = None
+
+    # ---- sizes
+    @property
+    def units_per_step(self) -> int:
+        return self.cfg.train.batch_size
+
+    def global_count(self, step: int) -> int:
+        return self.cfg.train.batch_size
+
+    # ---- batches and losses (implemented per family)
+    def train_batch(self, step: int, micro: int, rank: int, world: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def loss_sum(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, split: str, autocast=nullcontext) -> dict[str, float] | None:
+        raise NotImplementedError
+
+    def has_split(self, split: str) -> bool:
+        return getattr(self.data, split, None) is not None
+
+    def _to(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def _micro_rows(self, idx: torch.Tensor, micro: int, rank: int, world: int) -> torch.Tensor:
+        t = self.cfg.train
+        return idx[micro_slice(t.batch_size, t.grad_accum_steps, world, micro, rank)]
+
+    def _eval_batch_size(self) -> int:
+        t = self.cfg.train
+        return t.eval_batch_size or max(t.batch_size // t.grad_accum_steps, 1)
+
+    def describe(self) -> str:
+        return ""
+
+
+class LMTask(Task):
+    """Next-token prediction on random windows of a token stream."""
+
+    family = "lm"
+    unit = "tok"
+
+    def __init__(self, cfg: Config, device: torch.device, data: LMData):
+        super().__init__(cfg, device)
+        self.data = data
+        self.tokenizer = data.tokenizer
+        m = cfg.model
+        if m.vocab_size is None:
+            m.vocab_size = data.tokenizer.vocab_size
+        elif m.vocab_size < data.tokenizer.vocab_size:
+            raise ConfigError(
+                f"model.vocab_size={m.vocab_size} is smaller than the vocabulary of tokenizer "
+                f"{data.tokenizer.name!r} ({data.tokenizer.vocab_size})"
+            )
+        self.block = cfg.data.block_size or m.max_block_size
+        if self.block > m.max_block_size:
+            raise ConfigError(
+                f"data.block_size={self.block} exceeds model.max_block_size={m.max_block_size}"
+            )
+        for split in ("train", "val", "test"):
+            s = getattr(data, split)
+            if s is not None and len(s) < self.block + 2:
+                raise DataError(
+                    f"{s.name} has {len(s)} tokens, too few for windows of {self.block + 1} tokens; "
+                    "give more data or a smaller data.block_size"
+                )
+
+    @property
+    def units_per_step(self) -> int:
+        return self.cfg.train.batch_size * self.block
+
+    def global_count(self, step: int) -> int:
+        return self.cfg.train.batch_size * self.block
+
+    def _starts(self, step: int) -> torch.Tensor:
+        if self._cache is None or self._cache[0] != step:
+            g = step_generator(self.cfg.train.seed, step)
+            self._cache = (step, self.data.train.random_starts(g, self.cfg.train.batch_size, self.block))
+        return self._cache[1]
+
+    def train_batch(self, step, micro, rank, world):
+        starts = self._micro_rows(self._starts(step), micro, rank, world)
+        x, y = self.data.train.windows(starts, self.block)
+        return self._to({"x": x, "y": y})
+
+    def loss_sum(self, model, batch):
+        _, loss = model(batch["x"], targets=batch["y"])
+        return loss.float() * batch["y"].numel()
+
+    @torch.no_grad()
+    def evaluate(self, model, split, autocast=nullcontext):
+        stream: TokenStream | None = getattr(self.data, split)
+        if stream is None:
+            return None
+        n_batches = max(self.cfg.train.eval_iters, 1)
+        bs = self._eval_batch_size()
+        g = step_generator(self.cfg.train.seed, 0, stream=10 + ("train", "val", "test").index(split))
+        total, correct, count = 0.0, 0, 0
+        for _ in range(n_batches):
+            starts = stream.random_starts(g, bs, self.block)
+            x, y = stream.windows(starts, self.block)
+            x, y = x.to(self.device), y.to(self.device)
+            with autocast():
+                logits, _ = model(x, targets=y)
+            logits = logits.float()
+            total += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
+            correct += int((logits.argmax(-1) == y).sum())
+            count += y.numel()
+        loss = total / count
+        return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "acc": correct / count}
+
+    def describe(self) -> str:
+        n_train = len(self.data.train)
+        n_val = len(self.data.val) if self.data.val is not None else 0
+        return f"{n_train:,} train / {n_val:,} val tokens ({self.tokenizer.name} tokenizer), block {self.block}"
+
+
+class Seq2SeqTask(Task):
+    """Teacher-forced next-token loss of the target given the source, padded per micro-batch."""
+
+    family = "seq2seq"
+    unit = "tok"
+
+    def __init__(self, cfg: Config, device: torch.device, data: Seq2SeqData):
+        super().__init__(cfg, device)
+        self.data = data
+        self.tokenizer = data.tokenizer
+        m = cfg.model
+        if m.vocab_size is None:
+            m.vocab_size = data.tokenizer.vocab_size
+        elif m.vocab_size < data.tokenizer.vocab_size:
+            raise ConfigError(
+                f"model.vocab_size={m.vocab_size} is smaller than the character vocabulary "
+                f"({data.tokenizer.vocab_size})"
+            )
+        splits = [s for s in (data.train, data.val, data.test) if s is not None]
+        need_in = max(s.max_src_len for s in splits)
+        need_out = max(s.max_tgt_len for s in splits)
+        m.in_block_size = m.in_block_size or need_in
+        m.out_block_size = m.out_block_size or need_out
+        if need_in > m.in_block_size or need_out > m.out_block_size:
+            raise DataError(
+                f"the data has sources of up to {need_in} and targets (with <bos>/<eos>) of up to {need_out} "
+                f"tokens, more than model.in_block_size={m.in_block_size} / "
+                f"model.out_block_size={m.out_block_size}"
+            )
+
+    def _idx(self, step: int) -> torch.Tensor:
+        if self._cache is None or self._cache[0] != step:
+            idx = epoch_indices(self.cfg.train.seed, step, self.cfg.train.batch_size, len(self.data.train))
+            self._cache = (step, idx)
+        return self._cache[1]
+
+    @property
+    def units_per_step(self) -> int:  # approximate: average target length
+        mean_len = float(self.data.train.target_counts.float().mean())
+        return int(self.cfg.train.batch_size * mean_len)
+
+    def global_count(self, step: int) -> int:
+        return int(self.data.train.target_counts[self._idx(step)].sum())
+
+    def train_batch(self, step, micro, rank, world):
+        return self._to(self.data.train.collate(self._micro_rows(self._idx(step), micro, rank, world)))
+
+    def _forward(self, model, batch):
+        logits, _ = model(
+            batch["x"],
+            batch["y"],
+            targets=batch["targets"],
+            src_padding_mask=batch["src_mask"],
+            tgt_padding_mask=batch["tgt_mask"],
+        )
+        return logits
+
+    def loss_sum(self, model, batch):
+        logits = self._forward(model, batch)
+        return F.cross_entropy(
+            logits.float().flatten(0, 1), batch["targets"].flatten(), ignore_index=-1, reduction="sum"
+        )
+
+    @torch.no_grad()
+    def evaluate(self, model, split, autocast=nullcontext):
+        pairs: PairData | None = getattr(self.data, split)
+        if pairs is None:
+            return None
+        bs = self._eval_batch_size()
+        total, correct, count, seq_ok = 0.0, 0, 0, 0
+        for start in range(0, len(pairs), bs):
+            batch = self._to(pairs.collate(torch.arange(start, min(start + bs, len(pairs)))))
+            with autocast():
+                logits = self._forward(model, batch)
+            logits = logits.float()
+            t = batch["targets"]
+            total += F.cross_entropy(logits.flatten(0, 1), t.flatten(), ignore_index=-1, reduction="sum").item()
+            valid = t != -1
+            hit = (logits.argmax(-1) == t) & valid
+            correct += int(hit.sum())
+            count += int(valid.sum())
+            seq_ok += int((hit | ~valid).all(dim=1).sum())
+        loss = total / max(count, 1)
+        return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "acc": correct / max(count, 1),
+                "seq_acc": seq_ok / len(pairs)}
+
+    def describe(self) -> str:
+        n_val = len(self.data.val) if self.data.val is not None else 0
+        return (f"{len(self.data.train):,} train / {n_val:,} val pairs, char vocabulary "
+                f"{self.tokenizer.vocab_size}")
+
+
+class VisionTask(Task):
+    """Image classification with cross-entropy on the model's logits."""
+
+    family = "vision"
+    unit = "img"
+
+    def __init__(self, cfg: Config, device: torch.device, data: VisionData):
+        super().__init__(cfg, device)
+        self.data = data
+        self.tokenizer = None
+        m = cfg.model
+        _, c, h, w = data.train.images.shape
+        shape = [c, w, h]  # the models read image_shape as (C, W, H)
+        if m.image_shape is None:
+            m.image_shape = shape
+        elif list(m.image_shape) != shape:
+            raise ConfigError(f"model.image_shape={m.image_shape} does not match the data's (C, W, H) = {shape}")
+        n_cls = int(max(int(s.labels.max()) for s in (data.train, data.val, data.test) if s is not None)) + 1
+        if m.num_classes is None:
+            m.num_classes = n_cls
+        elif m.num_classes < n_cls:
+            raise ConfigError(f"model.num_classes={m.num_classes} but the data has labels up to {n_cls - 1}")
+        pw, ph = m.patch_size
+        if w % pw or h % ph:
+            raise ConfigError(f"model.patch_size={m.patch_size} does not divide the image size (W, H) = ({w}, {h})")
+
+    def _idx(self, step: int) -> torch.Tensor:
+        if self._cache is None or self._cache[0] != step:
+            idx = epoch_indices(self.cfg.train.seed, step, self.cfg.train.batch_size, len(self.data.train))
+            self._cache = (step, idx)
+        return self._cache[1]
+
+    def train_batch(self, step, micro, rank, world):
+        return self._to(self.data.train.collate(self._micro_rows(self._idx(step), micro, rank, world)))
+
+    def loss_sum(self, model, batch):
+        logits = model(batch["images"])
+        return F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
+
+    @torch.no_grad()
+    def evaluate(self, model, split, autocast=nullcontext):
+        data: ImageData | None = getattr(self.data, split)
+        if data is None:
+            return None
+        bs = self._eval_batch_size()
+        total, correct = 0.0, 0
+        for start in range(0, len(data), bs):
+            batch = self._to(data.collate(torch.arange(start, min(start + bs, len(data)))))
+            with autocast():
+                logits = model(batch["images"])
+            logits = logits.float()
+            total += F.cross_entropy(logits, batch["labels"], reduction="sum").item()
+            correct += int((logits.argmax(-1) == batch["labels"]).sum())
+        return {"loss": total / len(data), "acc": correct / len(data)}
+
+    def describe(self) -> str:
+        n_val = len(self.data.val) if self.data.val is not None else 0
+        shape = list(self.data.train.images.shape[1:])
+        return f"{len(self.data.train):,} train / {n_val:,} val images {shape}, {self.cfg.model.num_classes} classes"
+
+
+def _lm_in_memory(obj, name: str) -> TokenStream | None:
+    if obj is None:
+        return None
+    import numpy as np
+
+    if isinstance(obj, str):
+        return TokenStream(np.frombuffer(obj.encode("utf-8"), dtype=np.uint8).copy(), name)
+    t = torch.as_tensor(obj)
+    if t.dim() != 1 or t.is_floating_point():
+        raise DataError(f"{name}: expected a 1-D integer token tensor or a str, got shape {list(t.shape)}")
+    return TokenStream(t.long(), name)
+
+
+def make_task(cfg: Config, device: torch.device, train_data=None, val_data=None, test_data=None,
+              tokenizer=None) -> Task:
+    """Load the data of ``cfg`` (or wrap in-memory data) and return the family's Task.
+
+    In-memory data: LM a 1-D token tensor (or a str, byte-tokenized); seq2seq a list of
+    ``(source, target)`` string pairs; vision ``(images, labels)`` tensors or an :class:`ImageData`.
+    Derived model sizes (vocabulary, block sizes, image shape, classes) are filled into ``cfg.model``.
+    """
+    fam = cfg.model.family
+    seed = cfg.train.seed
+    if fam == "lm":
+        if train_data is not None:
+            tok = tokenizer or get_tokenizer(cfg.data.tokenizer)
+            data = LMData(_lm_in_memory(train_data, "train_data"), _lm_in_memory(val_data, "val_data"),
+                          _lm_in_memory(test_data, "test_data"), tok)
+        else:
+            tok = tokenizer or get_tokenizer(cfg.data.tokenizer)
+            data = load_lm_data(cfg.data, tok, seed=seed)
+        return LMTask(cfg, device, data)
+    if fam == "seq2seq":
+        if train_data is not None:
+            tok = tokenizer or CharTokenizer.build(s + t for s, t in train_data)
+
+            def mk(p, n):
+                if p is None:
+                    return None
+                return PairData([tok.encode(s) for s, _ in p], [tok.encode(t) for _, t in p], tok, n)
+
+            data = Seq2SeqData(mk(train_data, "train_data"), mk(val_data, "val_data"), mk(test_data, "test_data"), tok)
+        else:
+            data = load_seq2seq_data(cfg.data, tokenizer=tokenizer, seed=seed)
+        return Seq2SeqTask(cfg, device, data)
+    data = load_vision_data(cfg.data, seed=seed, train=train_data, val=val_data, test=test_data)
+    return VisionTask(cfg, device, data)

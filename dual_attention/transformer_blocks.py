@@ -1,0 +1,218 @@
+"""Transformer building blocks: feed-forward, norms, and the baseline encoder/decoder blocks.
+
+Pre-norm (``norm_first=True``):  x ← x + Drop(Attn(LN₁ x));  x ← x + Drop(FF(LN₂ x))
+Post-norm:                       x ← LN₁(x + Drop(Attn x));  x ← LN₂(x + Drop(FF x))
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dual_attention._validation import check_bool, check_choice, check_kwargs_dict, check_positive_int
+from dual_attention._validation import check_probability
+from dual_attention.attention import Attention
+from dual_attention.model_utils import ACTIVATIONS, get_activation_function
+
+NORM_TYPES = ("layernorm", "rmsnorm", "none")
+
+
+class RMSNorm(nn.Module):
+    """``y = x / √(mean(x²) + eps) · weight``, normalised in float32 and returned in the input dtype."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed * self.weight.float()).type_as(x)
+
+
+def create_norm(d_model: int, norm_type: str) -> nn.Module:
+    """``'layernorm'`` → LayerNorm, ``'rmsnorm'`` → :class:`RMSNorm`, ``'none'`` → Identity."""
+    check_choice("norm_type", norm_type, NORM_TYPES)
+    if norm_type == "layernorm":
+        return nn.LayerNorm(d_model)
+    if norm_type == "rmsnorm":
+        return RMSNorm(d_model)
+    return nn.Identity()
+
+
+class FeedForwardBlock(nn.Module):
+    """``linear2(act(linear1 x))``, or with ``activation='swiglu'``: ``linear2(silu(linear1 x) ⊙ linear3 x)``.
+
+    ``dff`` defaults to ``int(2/3 · 4 · d)`` for SwiGLU and ``4 · d`` otherwise.
+    """
+
+    def __init__(self, embed_dim: int, dff: int | None = None, activation: str = "relu", use_bias: bool = False):
+        super().__init__()
+        check_positive_int("embed_dim", embed_dim)
+        check_choice("activation", activation, ("swiglu", *ACTIVATIONS))
+        check_bool("use_bias", use_bias)
+        if dff is None:
+            dff = int(2 / 3 * 4 * embed_dim) if activation == "swiglu" else 4 * embed_dim
+        check_positive_int("dff", dff)
+        self.embed_dim, self.dff, self.activation_name, self.use_bias = embed_dim, dff, activation, use_bias
+        self.linear1 = nn.Linear(embed_dim, dff, bias=use_bias)
+        self.linear2 = nn.Linear(dff, embed_dim, bias=use_bias)
+        if activation == "swiglu":
+            self.linear3 = nn.Linear(embed_dim, dff, bias=use_bias)
+        else:
+            self.activation = get_activation_function(activation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.activation_name == "swiglu":
+            return self.linear2(F.silu(self.linear1(x)) * self.linear3(x))
+        return self.linear2(self.activation(self.linear1(x)))
+
+
+def check_block_args(d_model: int, dropout_rate: float, norm_first: bool, causal: bool) -> None:
+    check_positive_int("d_model", d_model)
+    check_probability("dropout_rate", dropout_rate)
+    check_bool("norm_first", norm_first)
+    check_bool("causal", causal)
+
+
+class _Residual(nn.Module):
+    """Pre-/post-norm residual wiring shared by every block."""
+
+    norm_first: bool
+
+    def _residual(self, x: Tensor, norm: nn.Module, fn, dropout: nn.Module) -> Tensor:
+        if self.norm_first:
+            return x + dropout(fn(norm(x)))
+        return norm(x + dropout(fn(x)))
+
+
+class EncoderBlock(_Residual):
+    """Self-attention + feed-forward (the Transformer baseline's block; causal for language models)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        dff: int | None,
+        dropout_rate: float,
+        activation: str,
+        norm_first: bool,
+        norm_type: str = "layernorm",
+        bias: bool = True,
+        causal: bool = False,
+        attn_kwargs: dict | None = None,
+    ) -> None:
+        super().__init__()
+        check_block_args(d_model, dropout_rate, norm_first, causal)
+        attn_kwargs = {"n_kv_heads": None, "add_bias_kv": False, **check_kwargs_dict("attn_kwargs", attn_kwargs)}
+        self.d_model, self.n_heads, self.norm_first, self.causal = d_model, n_heads, norm_first, causal
+        self.norm1 = create_norm(d_model, norm_type)
+        self.self_attn = Attention(d_model=d_model, n_heads=n_heads, add_bias_out=bias, dropout=dropout_rate,
+                                   **attn_kwargs)
+        self.norm2 = create_norm(d_model, norm_type)
+        self.ff_block = FeedForwardBlock(d_model, dff, activation, use_bias=bias)
+        self.dropout = nn.Dropout(dropout_rate)
+
+    def init_kv_cache(self, batch_size: int, max_len: int, device=None, dtype=None):
+        return self.self_attn.init_kv_cache(batch_size, max_len, device, dtype)
+
+    def forward(
+        self,
+        x: Tensor,
+        freqs_cos: Tensor | None = None,
+        freqs_sin: Tensor | None = None,
+        need_weights: bool = False,
+        *,
+        attn_mask: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
+        kv_cache=None,
+        input_pos: Tensor | None = None,
+        return_weights: bool = False,
+    ):
+        """``x (B, n, d) -> (B, n, d)``; with ``return_weights`` also the attention weights (B, H, n, n)."""
+        weights = {}
+
+        def attend(h: Tensor) -> Tensor:
+            out, weights["sa"] = self.self_attn(
+                h, h, h, freqs_cos=freqs_cos, freqs_sin=freqs_sin, attn_mask=attn_mask, is_causal=self.causal,
+                need_weights=need_weights or return_weights, key_padding_mask=key_padding_mask,
+                kv_cache=kv_cache, input_pos=input_pos)
+            return out
+
+        x = self._residual(x, self.norm1, attend, self.dropout)
+        x = self._residual(x, self.norm2, self.ff_block, self.dropout)
+        return (x, weights["sa"]) if return_weights else x
+
+
+class DecoderBlock(_Residual):
+    """Causal self-attention + cross-attention to the encoder output + feed-forward (baseline decoder).
+
+    Fixed with respect to the published package: ``n_heads_cross`` is honoured (same parameter shapes), ``causal``
+    defaults to True, and the feed-forward output gets dropout like the other sub-layers.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        n_heads_cross: int,
+        dff: int | None,
+        dropout_rate: float,
+        activation: str,
+        norm_first: bool,
+        norm_type: str = "layernorm",
+        bias: bool = True,
+        causal: bool = True,
+    ) -> None:
+        super().__init__()
+        check_block_args(d_model, dropout_rate, norm_first, causal)
+        self.d_model, self.n_heads, self.n_heads_cross = d_model, n_heads, n_heads_cross
+        self.norm_first, self.causal = norm_first, causal
+        self.norm1 = create_norm(d_model, norm_type)
+        self.self_attn = Attention(d_model=d_model, n_heads=n_heads, add_bias_out=bias, dropout=dropout_rate)
+        self.norm2 = create_norm(d_model, norm_type)
+        self.cross_attn = Attention(d_model=d_model, n_heads=n_heads_cross, add_bias_out=bias, dropout=dropout_rate)
+        self.norm3 = create_norm(d_model, norm_type)
+        self.ff_block = FeedForwardBlock(d_model, dff, activation, use_bias=bias)
+        self.dropout = nn.Dropout(dropout_rate)
+
+    def init_kv_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> nn.ModuleDict:
+        from dual_attention.kv_cache import StaticCache
+
+        return nn.ModuleDict({"self": self.self_attn.init_kv_cache(batch_size, max_len, device, dtype),
+                              "cross": StaticCache()})
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor,
+        *,
+        attn_mask: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
+        context_padding_mask: Tensor | None = None,
+        kv_cache: nn.ModuleDict | None = None,
+        input_pos: Tensor | None = None,
+        return_weights: bool = False,
+    ):
+        """``x (B, m, d)``, ``context (B, n, d)`` → ``(B, m, d)`` (and ``{'sa', 'cross'}`` weights if asked)."""
+        weights = {}
+
+        def self_attend(h: Tensor) -> Tensor:
+            out, weights["sa"] = self.self_attn(
+                h, h, h, attn_mask=attn_mask, is_causal=self.causal, need_weights=return_weights,
+                key_padding_mask=key_padding_mask, kv_cache=None if kv_cache is None else kv_cache["self"],
+                input_pos=input_pos)
+            return out
+
+        def cross_attend(h: Tensor) -> Tensor:
+            out, weights["cross"] = self.cross_attn(
+                h, context, context, need_weights=return_weights, key_padding_mask=context_padding_mask,
+                kv_cache=None if kv_cache is None else kv_cache["cross"])
+            return out
+
+        x = self._residual(x, self.norm1, self_attend, self.dropout)
+        x = self._residual(x, self.norm2, cross_attend, self.dropout)
+        x = self._residual(x, self.norm3, self.ff_block, self.dropout)
+        return (x, weights) if return_weights else x

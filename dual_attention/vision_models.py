@@ -1,0 +1,168 @@
+"""Vision models: the Vision Dual Attention Transformer (ViDAT) and the Vision Transformer baseline.
+
+    z⁰ = [cls; LN(W_p LN(patches))] + E_pos;  z^ℓ = Block_ℓ(z^{ℓ-1}[, s = Retrieve(z^{ℓ-1})])
+    logits = W_out · pool(z^L)            (pool: the cls token, or the mean over all tokens)
+
+Images are ``(B, C, H, W)``; ``image_shape`` is read as ``(C, W, H)`` and ``patch_size`` as ``(pw, ph)``, as in the
+published package; patches are flattened in ``(p1 p2 c)`` order.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from dual_attention._validation import check_choice, check_kwargs_dict, check_positive_int
+from dual_attention.dual_attn_blocks import DualAttnEncoderBlock
+from dual_attention.optim import configure_optimizers
+from dual_attention.symbol_retrieval import (
+    PositionalSymbolRetriever,
+    PositionRelativeSymbolRetriever,
+    RelationalSymbolicAttention,
+    SymbolicAttention,
+)
+from dual_attention.transformer_blocks import EncoderBlock
+
+__all__ = ["VisionTransformer", "VisionDualAttnTransformer", "configure_optimizers"]
+
+POOLS = ("cls", "mean")
+SYMBOL_RETRIEVERS = {
+    "symbolic_attention": SymbolicAttention,
+    "rel_sym_attn": RelationalSymbolicAttention,
+    "positional_symbols": PositionalSymbolRetriever,
+    "position_relative": PositionRelativeSymbolRetriever,
+}
+
+
+class PatchRearrange(nn.Module):
+    """``(B, C, h·p1, w·p2) -> (B, h·w, p1·p2·C)``: non-overlapping patches, row-major, flattened (p1 p2 c)."""
+
+    def __init__(self, p1: int, p2: int) -> None:
+        super().__init__()
+        self.p1, self.p2 = p1, p2
+
+    def forward(self, img: Tensor) -> Tensor:
+        b, c, height, width = img.shape
+        h, w = height // self.p1, width // self.p2
+        x = img.reshape(b, c, h, self.p1, w, self.p2)  # (B, C, h, p1, w, p2)
+        return x.permute(0, 2, 4, 3, 5, 1).reshape(b, h * w, self.p1 * self.p2 * c)  # (B, h*w, p1*p2*C)
+
+
+class _VisionModel(nn.Module):
+    uses_symbols = False
+
+    def _init_common(self, image_shape, patch_size, num_classes, d_model, n_layers, dropout_rate, pool) -> None:
+        if len(image_shape) != 3 or len(patch_size) != 2:
+            raise ValueError(f"image_shape must be (C, W, H) and patch_size (pw, ph); got {image_shape}, {patch_size}")
+        for name, v in (("num_classes", num_classes), ("d_model", d_model), ("n_layers", n_layers)):
+            check_positive_int(name, v)
+        check_choice("pool", pool, POOLS)
+        c, w, h = image_shape
+        pw, ph = patch_size
+        if w % pw or h % ph:
+            raise ValueError(f"image_shape {tuple(image_shape)} must be divisible by patch_size {tuple(patch_size)}")
+        self.image_shape, self.patch_size = tuple(image_shape), tuple(patch_size)
+        self.num_classes, self.d_model, self.n_layers, self.pool = num_classes, d_model, n_layers, pool
+        self.num_patches = (w // pw) * (h // ph)
+        self.patch_dim = pw * ph * c
+        self.pos_embedding = nn.Parameter(torch.randn(1, self.num_patches + 1, d_model))
+        self.cls_token = nn.Parameter(torch.randn(1, 1, d_model))
+        self.dropout = nn.Dropout(dropout_rate)
+
+    def _patch_embedding(self) -> nn.Sequential:
+        pw, ph = self.patch_size
+        return nn.Sequential(PatchRearrange(ph, pw), nn.LayerNorm(self.patch_dim),
+                             nn.Linear(self.patch_dim, self.d_model), nn.LayerNorm(self.d_model))
+
+    def _check_img(self, img: Tensor) -> None:
+        c, w, h = self.image_shape
+        if not isinstance(img, Tensor) or img.dim() != 4 or not img.is_floating_point():
+            desc = f"{tuple(img.shape)} {img.dtype}" if isinstance(img, Tensor) else type(img).__name__
+            raise ValueError(f"img must be a float tensor (batch, {c}, H, W), got {desc}")
+        pw, ph = self.patch_size
+        if img.shape[1] != c or img.shape[2] % ph or img.shape[3] % pw \
+                or (img.shape[2] // ph) * (img.shape[3] // pw) != self.num_patches:
+            raise ValueError(f"img of shape {tuple(img.shape)} does not match image_shape {self.image_shape} "
+                             f"with patch_size {self.patch_size} ({self.num_patches} patches)")
+
+    def embed(self, img: Tensor) -> Tensor:
+        """``img (B, C, H, W)`` → tokens ``(B, 1 + num_patches, d)`` (cls first, positions added, dropout)."""
+        self._check_img(img)
+        x = self.to_patch_embedding(img)  # (B, n, d)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1) + self.pos_embedding[:, : x.shape[1] + 1]
+        return self.dropout(x)
+
+    def _block(self, i: int, x: Tensor, **kwargs):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, img: Tensor) -> Tensor:
+        """``img (B, C, H, W)`` → ``logits (B, num_classes)``."""
+        x = self.embed(img)
+        for i in range(self.n_layers):
+            x = self._block(i, x)
+        x = x[:, 0] if self.pool == "cls" else x.mean(dim=1)
+        return self.final_out(x)
+
+    def get_num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+class VisionTransformer(_VisionModel):
+    """The Vision Transformer baseline (arguments, defaults and state-dict keys as published)."""
+
+    def __init__(self, image_shape, patch_size, num_classes: int, d_model: int, n_layers: int, n_heads: int,
+                 dff: int | None, dropout_rate: float, activation: str, norm_first: bool,
+                 norm_type: str = "layernorm", bias: bool = True, pool: str = "cls") -> None:
+        super().__init__()
+        self._init_common(image_shape, patch_size, num_classes, d_model, n_layers, dropout_rate, pool)
+        self.n_heads = n_heads
+        self.to_patch_embedding = self._patch_embedding()
+        self.encoder_blocks = nn.ModuleList(
+            EncoderBlock(d_model=d_model, n_heads=n_heads, dff=dff, dropout_rate=dropout_rate,
+                         activation=activation, norm_first=norm_first, norm_type=norm_type, bias=bias, causal=False)
+            for _ in range(n_layers))
+        self.final_out = nn.Linear(d_model, num_classes)
+
+    def _block(self, i: int, x: Tensor, **kwargs):
+        return self.encoder_blocks[i](x, **kwargs)
+
+
+class VisionDualAttnTransformer(_VisionModel):
+    """The Vision Dual Attention Transformer (arguments, defaults and state-dict keys as published).
+
+    One ``symbol_retriever`` (``'symbolic_attention'``, ``'rel_sym_attn'``, ``'positional_symbols'`` or
+    ``'position_relative'``, the latter with ``ra_kwargs=dict(use_relative_positional_symbols=True)``) serves
+    every layer; its symbols are recomputed from each layer's input.
+    """
+
+    uses_symbols = True
+
+    def __init__(self, image_shape, patch_size, num_classes: int, d_model: int, n_layers: int, n_heads_sa: int,
+                 n_heads_ra: int, dff: int | None, dropout_rate: float, activation: str, norm_first: bool,
+                 symbol_retrieval: str, symbol_retrieval_kwargs: dict, ra_type: str = "relational_attention",
+                 ra_kwargs: dict | None = None, sa_kwargs: dict | None = None, norm_type: str = "layernorm",
+                 bias: bool = True, pool: str = "cls") -> None:
+        super().__init__()
+        check_choice("symbol_retrieval", symbol_retrieval, SYMBOL_RETRIEVERS)
+        ra_kwargs, sa_kwargs = check_kwargs_dict("ra_kwargs", ra_kwargs), check_kwargs_dict("sa_kwargs", sa_kwargs)
+        relative = symbol_retrieval == "position_relative"
+        if n_heads_ra > 0 and relative != bool(ra_kwargs.get("use_relative_positional_symbols", False)):
+            raise ValueError(f"symbol_retrieval={symbol_retrieval!r} needs "
+                             f"ra_kwargs['use_relative_positional_symbols']={relative}")
+        self.symbol_retrieval = symbol_retrieval
+        self.n_heads_sa, self.n_heads_ra = n_heads_sa, n_heads_ra
+        self.symbol_retriever = SYMBOL_RETRIEVERS[symbol_retrieval](
+            **check_kwargs_dict("symbol_retrieval_kwargs", symbol_retrieval_kwargs))
+        self._init_common(image_shape, patch_size, num_classes, d_model, n_layers, dropout_rate, pool)
+        self.to_patch_embedding = self._patch_embedding()
+        self.encoder_blocks = nn.ModuleList(
+            DualAttnEncoderBlock(d_model=d_model, n_heads_sa=n_heads_sa, n_heads_ra=n_heads_ra, dff=dff,
+                                 activation=activation, dropout_rate=dropout_rate, norm_first=norm_first,
+                                 norm_type=norm_type, sa_kwargs=sa_kwargs, ra_kwargs=ra_kwargs, ra_type=ra_type,
+                                 bias=bias, causal=False)
+            for _ in range(n_layers))
+        self.final_out = nn.Linear(d_model, num_classes)
+
+    def _block(self, i: int, x: Tensor, **kwargs):
+        return self.encoder_blocks[i](x, self.symbol_retriever.retrieve(x), **kwargs)
