@@ -49,3 +49,11 @@ def check_kwargs_dict(name: str, value: Any) -> dict:
     if not isinstance(value, dict):
         raise TypeError(f"{name} must be a dict or None, got {type(value).__name__}")
     return dict(value)
+
+
+def build_with_kwargs(kwargs_name: str, cls: type, kwargs: dict, *args: Any, **fixed: Any) -> Any:
+    """``cls(*args, **fixed, **kwargs)``, re-raising a signature ``TypeError`` so that it names ``kwargs_name``."""
+    try:
+        return cls(*args, **fixed, **kwargs)
+    except TypeError as e:
+        raise TypeError(f"{kwargs_name}={kwargs!r} does not fit {cls.__name__}: {e}") from e

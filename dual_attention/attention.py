@@ -168,7 +168,7 @@ class Attention(nn.Module):
 
         q_pos = input_pos if isinstance(kv_cache, KVCache) else None
         mask, causal = build_attn_mask(attn_mask, is_causal, key_padding_mask, lq, lk, q_pos=q_pos,
-                                       device=q.device)
+                                       device=q.device, batch_size=b, n_heads=self.n_heads)
         if need_weights:
             logits = torch.matmul(q, k.transpose(-2, -1)) * self.attn_scale  # (B, H, Lq, Lk)
             if causal:

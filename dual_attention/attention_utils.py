@@ -40,16 +40,19 @@ def reshape_for_broadcast(freqs: Tensor, x: Tensor) -> Tensor:
 
 
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    # interleaved pairs (x_2k, x_2k+1) rotated as (real, imag), computed in float32
-    x_ = x.float().reshape(*x.shape[:-1], -1, 2)  # (B, L, H, D/2, 2)
+    # interleaved pairs (x_2k, x_2k+1) rotated as (real, imag), computed in at least float32 (float64 stays float64)
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    x_ = x.to(dtype).reshape(*x.shape[:-1], -1, 2)  # (B, L, H, D/2, 2)
     x_r, x_i = x_.unbind(-1)
-    cos, sin = reshape_for_broadcast(cos, x_r), reshape_for_broadcast(sin, x_r)
+    cos, sin = reshape_for_broadcast(cos.to(dtype), x_r), reshape_for_broadcast(sin.to(dtype), x_r)
     out = torch.stack((x_r * cos - x_i * sin, x_r * sin + x_i * cos), dim=-1)
     return out.flatten(-2).type_as(x)
 
 
 def apply_rotary_emb(xq: Tensor, xk: Tensor, freqs_cos: Tensor, freqs_sin: Tensor) -> tuple[Tensor, Tensor]:
     """Rotary position embedding of queries and keys ``(B, L, heads, D)`` (heads may differ between them).
+
+    Computed in float32 for half-precision inputs (float64 inputs stay float64), returned in the input dtype.
 
     Each feature pair ``(x_2k, x_2k+1)`` at position p becomes
     ``(x_2k cos θ_pk − x_2k+1 sin θ_pk, x_2k sin θ_pk + x_2k+1 cos θ_pk)`` (interleaved, not rotate-half).
@@ -81,6 +84,8 @@ def build_attn_mask(
     k_len: int,
     q_pos: Tensor | None = None,
     device: torch.device | None = None,
+    batch_size: int | None = None,
+    n_heads: int | None = None,
 ) -> tuple[Tensor | None, bool]:
     """Combine a user mask, causality and key padding into one mask for the attention kernels.
 
@@ -91,6 +96,7 @@ def build_attn_mask(
         key_padding_mask: ``None`` or bool ``(B, Lk)``, True for real tokens (which may be attended).
         q_pos: ``None`` (queries at positions ``0..Lq-1``) or the absolute positions ``(Lq,)`` of the queries
             (decoding with a KV cache, where keys are the cache buffer ``0..Lk-1``).
+        batch_size, n_heads: when given, the batch / head dims of the masks are checked against them.
 
     Returns:
         ``(mask, is_causal)``: either ``(None, flag)`` when the kernels can use their own causal masking, or a
@@ -98,6 +104,8 @@ def build_attn_mask(
         Query rows with no attendable key (e.g. padding queries) are opened fully so the softmax stays
         finite; their outputs are meaningless but never reach real tokens, whose keys stay masked.
     """
+    if not isinstance(is_causal, bool):
+        raise TypeError(f"is_causal must be a bool, got {type(is_causal).__name__} ({is_causal!r})")
     if attn_mask is None and key_padding_mask is None:
         if not is_causal:
             return None, False
@@ -107,10 +115,18 @@ def build_attn_mask(
     if attn_mask is not None:
         if not isinstance(attn_mask, Tensor):
             raise TypeError(f"attn_mask must be a Tensor or None, got {type(attn_mask).__name__}")
-        if attn_mask.dim() not in (2, 3, 4) or tuple(attn_mask.shape[-2:]) != (q_len, k_len):
+        if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
+            raise TypeError(f"attn_mask must be a bool (True = may attend) or float (additive) tensor, "
+                            f"got {attn_mask.dtype}")
+        lead = tuple(attn_mask.shape[:-2])
+        if attn_mask.dim() not in (2, 3, 4) or tuple(attn_mask.shape[-2:]) != (q_len, k_len) \
+                or (batch_size is not None and len(lead) >= 1 and lead[0] not in (1, batch_size)) \
+                or (n_heads is not None and len(lead) == 2 and lead[1] not in (1, n_heads)):
             raise ValueError(
                 f"attn_mask of shape {tuple(attn_mask.shape)} is not valid; expected (Lq, Lk), (B, Lq, Lk) or "
                 f"(B, H, Lq, Lk) with Lq={q_len}, Lk={k_len}"
+                + (f", B in (1, {batch_size})" if batch_size is not None else "")
+                + (f", H in (1, {n_heads})" if n_heads is not None else "")
             )
         mask = attn_mask
         while mask.dim() < 4:
@@ -124,9 +140,11 @@ def build_attn_mask(
     if key_padding_mask is not None:
         if key_padding_mask.dtype != torch.bool:
             raise TypeError(f"key_padding_mask must be a bool tensor (True = real token), got {key_padding_mask.dtype}")
-        if key_padding_mask.dim() != 2 or key_padding_mask.shape[1] != k_len:
+        if key_padding_mask.dim() != 2 or key_padding_mask.shape[1] != k_len \
+                or (batch_size is not None and key_padding_mask.shape[0] != batch_size):
+            expected = f"({'B' if batch_size is None else batch_size}, {k_len})"
             raise ValueError(
-                f"key_padding_mask of shape {tuple(key_padding_mask.shape)} is not valid; expected (B, {k_len})"
+                f"key_padding_mask of shape {tuple(key_padding_mask.shape)} is not valid; expected {expected}"
             )
         pad = key_padding_mask[:, None, None, :]  # (B, 1, 1, Lk)
         bool_mask = pad if bool_mask is None else bool_mask & pad

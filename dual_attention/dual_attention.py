@@ -10,7 +10,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from dual_attention._validation import check_bool, check_choice, check_kwargs_dict, check_positive_int
+from dual_attention._validation import (
+    build_with_kwargs,
+    check_bool,
+    check_choice,
+    check_kwargs_dict,
+    check_positive_int,
+)
 from dual_attention.attention import Attention
 from dual_attention.relational_attention import (
     DisentangledRelationalCrossAttention,
@@ -69,11 +75,13 @@ class DualAttention(nn.Module):
         self.use_self_attn, self.use_rel_attn = n_heads_sa > 0, n_heads_ra > 0
 
         if self.use_self_attn:
-            self.self_attention = Attention(d_model=d_model, n_heads=n_heads_sa, dropout=dropout,
-                                            total_n_heads=self.total_n_heads, **sa_kwargs)
+            self.self_attention = build_with_kwargs("sa_kwargs", Attention, sa_kwargs, d_model=d_model,
+                                                    n_heads=n_heads_sa, dropout=dropout,
+                                                    total_n_heads=self.total_n_heads)
         if self.use_rel_attn:
-            self.relational_attention = RA_TYPES[ra_type](d_model=d_model, n_heads=n_heads_ra, dropout=dropout,
-                                                          total_n_heads=self.total_n_heads, **ra_kwargs)
+            self.relational_attention = build_with_kwargs("ra_kwargs", RA_TYPES[ra_type], ra_kwargs, d_model=d_model,
+                                                          n_heads=n_heads_ra, dropout=dropout,
+                                                          total_n_heads=self.total_n_heads)
         if share_attn_params:
             sa, ra = self.self_attention, self.relational_attention
             if sa.wq.weight.shape != ra.wq_attn.weight.shape or sa.wk.weight.shape != ra.wk_attn.weight.shape \

@@ -40,22 +40,27 @@ class CheckpointError(ValueError):
     """A checkpoint that does not fit the model (missing, unexpected or mis-shaped keys), or is unreadable."""
 
 
-def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "checkpoint",
+                           aliases: dict[str, str] | None = None) -> None:
     """Load ``state_dict`` into ``model`` exactly, or raise :class:`CheckpointError` listing every problem.
 
     Keys the file omits because they alias a stored tensor (safetensors stores tied/shared tensors once) are
-    filled from the tensor they alias in ``model``.
+    filled first from ``aliases`` (the file's own record, dropped name -> stored name), then from the other keys
+    that share storage in ``model``, when those all hold the same values (otherwise the key is reported missing).
     """
     expected = model.state_dict()
     state = dict(state_dict)
+    for dropped, stored in (aliases or {}).items():
+        if dropped not in state and stored in state:
+            state[dropped] = state[stored]
     by_storage: dict[tuple, list[str]] = {}
     for key, t in expected.items():
         by_storage.setdefault((t.device, t.untyped_storage().data_ptr(), t.storage_offset(), t.shape), []).append(key)
     for group in by_storage.values():
-        present = [k for k in group if k in state]
-        for k in group:
-            if k not in state and present:
-                state[k] = state[present[0]]
+        present = [state[k] for k in group if k in state]
+        if present and all(p.shape == present[0].shape and torch.equal(p, present[0]) for p in present[1:]):
+            for k in group:
+                state.setdefault(k, present[0])
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mis_shaped = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
@@ -91,22 +96,27 @@ class _StrictHubMixin(PyTorchModelHubMixin):
                 path = hf_hub_download(filename=SAFETENSORS_FILE, **kwargs)
             except EntryNotFoundError:
                 path = hf_hub_download(filename=PICKLE_FILE, **kwargs)
-        state = _read_weights(path, map_location)
+        state, aliases = _read_weights(path, map_location)
         if strict:
-            load_state_dict_strict(model, state, source=path)
+            load_state_dict_strict(model, state, source=path, aliases=aliases)
         else:
             model.load_state_dict(state, strict=False)
         model.to(map_location)
         return model.eval()
 
 
-def _read_weights(path: str, map_location: str) -> dict[str, torch.Tensor]:
+def _read_weights(path: str, map_location: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors of a weights file and, for safetensors, its alias record (dropped name -> stored name)."""
     try:
         if path.endswith(".safetensors"):
+            from safetensors import safe_open
             from safetensors.torch import load_file
 
-            return load_file(path, device=str(map_location))
-        return torch.load(path, map_location=map_location, weights_only=True)
+            with safe_open(path, framework="pt") as f:
+                metadata = f.metadata() or {}
+            aliases = {k: v for k, v in metadata.items() if k != "format" and isinstance(v, str)}
+            return load_file(path, device=str(map_location)), aliases
+        return torch.load(path, map_location=map_location, weights_only=True), {}
     except Exception as e:  # corrupted or truncated files
         raise CheckpointError(f"cannot read weights from {path}: {e}") from e
 

@@ -12,16 +12,29 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dual_attention._validation import check_bool, check_choice, check_kwargs_dict, check_positive_int
+from dual_attention._validation import (
+    build_with_kwargs,
+    check_bool,
+    check_choice,
+    check_kwargs_dict,
+    check_positive_int,
+    check_probability,
+)
+from dual_attention.attention import Attention
 from dual_attention.attention_utils import precompute_freqs_cis
 from dual_attention.dual_attn_blocks import DualAttnEncoderBlock
 from dual_attention.generation import generate as _generate
 from dual_attention.optim import configure_optimizers
-from dual_attention.relational_attention import RelationalAttention
+from dual_attention.relational_attention import (
+    DisentangledRelationalCrossAttention,
+    RelationalAttention,
+    RelationalCrossAttention,
+)
 from dual_attention.symbol_retrieval import (
     PositionalSymbolRetriever,
     PositionRelativeSymbolRetriever,
     SymbolicAttention,
+    check_retriever_fits,
 )
 from dual_attention.transformer_blocks import EncoderBlock, create_norm
 
@@ -33,6 +46,9 @@ LM_SYMBOL_RETRIEVERS = {
     "positional_symbols": PositionalSymbolRetriever,
     "position_relative": PositionRelativeSymbolRetriever,
 }
+
+
+_ROPE_MODULES = (Attention, RelationalAttention, RelationalCrossAttention, DisentangledRelationalCrossAttention)
 
 
 class UnsupportedConfigError(ValueError, NotImplementedError):
@@ -51,6 +67,7 @@ class _LanguageModel(nn.Module):
         check_positive_int("n_layers", n_layers)
         check_positive_int("max_block_size", max_block_size)
         check_choice("pos_enc_type", pos_enc_type, POS_ENC_TYPES)
+        check_probability("dropout_rate", dropout_rate)
         check_bool("bias", bias)
         if d_model % n_heads != 0:
             raise ValueError(f"d_model={d_model} must be divisible by the total number of heads ({n_heads})")
@@ -63,7 +80,22 @@ class _LanguageModel(nn.Module):
             self.register_buffer("freqs_cos", cos, persistent=False)
             self.register_buffer("freqs_sin", sin, persistent=False)
 
+    def _check_rope_fits(self) -> None:
+        """With RoPE every attention's query/key width must be the (even) head_dim the RoPE tables were built for."""
+        if self.pos_enc_type != "RoPE":
+            return
+        width = 2 * self.freqs_cos.shape[-1]
+        for name, module in self.layers.blocks.named_modules():
+            if isinstance(module, _ROPE_MODULES):
+                key_dim = getattr(module, "key_dim", module.head_dim)
+                if key_dim != width:
+                    raise ValueError(
+                        f"pos_enc_type='RoPE' needs every attention's key_dim to equal head_dim = d_model // n_heads "
+                        f"= {self.d_model // self.n_heads}, and head_dim to be even; layers.blocks.{name} has "
+                        f"key_dim={key_dim} (set by key_dim in sa_kwargs/ra_kwargs/attn_kwargs, or an odd head_dim)")
+
     def _finish_init(self) -> None:
+        self._check_rope_fits()
         if self.pos_enc_type == "pos_emb":
             self.layers.add_module("positional_embedder", nn.Embedding(self.block_size, self.d_model))
         self.layers.token_embedder.weight = self.layers.final_out.weight  # weight tying
@@ -91,9 +123,11 @@ class _LanguageModel(nn.Module):
             desc = f"shape {tuple(x.shape)}, dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"x must be an integer tensor of token ids with shape (batch, length), got {desc}")
         t = x.shape[1]
-        end = t if input_pos is None else int(input_pos[-1]) + 1
+        # the end position is data-dependent: read it only in eager mode (a graph break under torch.compile)
+        end = t if input_pos is None or torch.compiler.is_compiling() else int(input_pos[-1]) + 1
         if t > self.block_size or end > self.block_size:
-            raise ValueError(f"Input sequence length {max(t, end)} exceeds maximum block size {self.block_size}")
+            raise ValueError(f"Input sequence length {max(t, end)} exceeds maximum block size {self.block_size} "
+                             f"(x has shape {tuple(x.shape)}; max_block_size={self.block_size})")
 
     def _embed(self, x: Tensor, input_pos: Tensor | None):
         h = self.layers.token_embedder(x)
@@ -253,6 +287,8 @@ class DualAttnTransformerLM(_LanguageModel):
         if unknown:
             raise ValueError(f"symbol_retriever_config has unknown keys {sorted(unknown)}; allowed: "
                              "'shared_symbol_retriever', 'weight_tie_symbol_library'")
+        for key, value in config.items():
+            check_bool(f"symbol_retriever_config['{key}']", value)
         relative = symbol_retrieval == "position_relative"
         if n_heads_ra > 0 and relative != bool(ra_kwargs.get("use_relative_positional_symbols", False)):
             raise ValueError(
@@ -265,16 +301,18 @@ class DualAttnTransformerLM(_LanguageModel):
 
         retriever_cls = LM_SYMBOL_RETRIEVERS[symbol_retrieval]
         if config["shared_symbol_retriever"]:
-            shared = retriever_cls(**retriever_kwargs)
+            shared = build_with_kwargs("symbol_retrieval_kwargs", retriever_cls, retriever_kwargs)
             retrievers = [shared] * n_layers
         else:
-            retrievers = [retriever_cls(**retriever_kwargs) for _ in range(n_layers)]
+            retrievers = [build_with_kwargs("symbol_retrieval_kwargs", retriever_cls, retriever_kwargs)
+                          for _ in range(n_layers)]
             if config["weight_tie_symbol_library"]:
                 if relative:
                     raise UnsupportedConfigError("weight-tying not implemented for position-relative symbols "
                                                  "(symbol_retriever_config['weight_tie_symbol_library']=True)")
                 for r in retrievers[1:]:
                     r.symbol_library = retrievers[0].symbol_library
+        check_retriever_fits(retrievers[0], d_model, max_block_size, "symbol_retrieval_kwargs")
 
         self.layers = nn.ModuleDict(dict(
             token_embedder=nn.Embedding(vocab_size, d_model),

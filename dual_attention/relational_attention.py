@@ -32,6 +32,7 @@ from dual_attention.attention_utils import (
 from dual_attention.kv_cache import KVCache
 from dual_attention.model_utils import ACTIVATIONS, get_activation_function
 from dual_attention.relational_functional import (
+    DECODE_MAX_QUERIES,
     RelativeSymbolValues,
     attend_values,
     ra_blocked,
@@ -173,10 +174,12 @@ class RelationalAttention(nn.Module):
         v = self.wv(symbols).view(symbols.shape[0], n, self.n_kv_heads, self.head_dim)  # (B, Lk, K, D)
         return v.expand(b, -1, -1, -1)
 
-    def choose_implementation(self, need_weights: bool, symbols) -> str:
+    def choose_implementation(self, need_weights: bool, symbols, q_len: int | None = None) -> str:
+        """The implementation ``forward`` uses: ``implementation`` unless it is ``'auto'``, which picks ``'plain'``
+        for the weights or a few queries (cached decoding steps), ``'fused'`` where it is exact, else ``'blocked'``."""
         if self.implementation != "auto":
             return self.implementation
-        if need_weights:
+        if need_weights or (q_len is not None and q_len <= DECODE_MAX_QUERIES):
             return "plain"
         if self.rel_activation_name == "identity" and not self.use_relative_positional_symbols:
             return "fused"
@@ -238,9 +241,10 @@ class RelationalAttention(nn.Module):
         k = k.transpose(1, 2)  # (B, K, Lk, Dk)
         if isinstance(values, Tensor) and values.dim() == 4:
             values = values.transpose(1, 2)  # (B, K, Lk, D)
-        mask, causal = build_attn_mask(attn_mask, is_causal, key_padding_mask, n, lk, q_pos=q_pos, device=x.device)
+        mask, causal = build_attn_mask(attn_mask, is_causal, key_padding_mask, n, lk, q_pos=q_pos, device=x.device,
+                                       batch_size=b, n_heads=self.n_heads)
 
-        impl = self.choose_implementation(need_weights, symbols)
+        impl = self.choose_implementation(need_weights, symbols, n if kv_cache is not None else None)
         attn = relations = None
         if impl == "fused":
             if self.rel_activation_name != "identity" or not isinstance(values, Tensor) or values.dim() != 4:
@@ -252,7 +256,8 @@ class RelationalAttention(nn.Module):
             kwargs = dict(attn_scale=self.attn_scale, rel_scale=self.rel_scale, rel_activation=self.rel_activation,
                           attn_dropout=self.attn_dropout, mask=mask, is_causal=causal, q_pos=q_pos)
             if impl == "plain":
-                out, attn, relations = ra_plain(q, k, q_rel, k_rel, values, self.wr, **kwargs)
+                out, attn, relations = ra_plain(q, k, q_rel, k_rel, values, self.wr, return_relations=need_weights,
+                                                **kwargs)
             elif impl == "blocked":
                 out = ra_blocked(q, k, q_rel, k_rel, values, self.wr, block_size=PLAIN_BLOCK_SIZE, **kwargs)
             else:
@@ -359,7 +364,8 @@ class RelationalCrossAttention(_CrossAttentionBase):
             q, k = apply_rotary_emb(q, k, freqs_cos, freqs_sin)
         q, k = q.transpose(1, 2), repeat_kv(k, self.n_rep_kv).transpose(1, 2)  # (B, H, n, D)
         values = _cross_attention_symbol_values(self, symbols, b, n)
-        mask, causal = build_attn_mask(attn_mask, is_causal, key_padding_mask, n, n, device=x.device)
+        mask, causal = build_attn_mask(attn_mask, is_causal, key_padding_mask, n, n, device=x.device,
+                                       batch_size=b, n_heads=self.n_heads)
         softmax = self.activation_name == "softmax"
         if softmax and not need_weights and isinstance(values, Tensor) and values.dim() == 4:
             out = torch.nn.functional.scaled_dot_product_attention(
@@ -450,7 +456,8 @@ class DisentangledRelationalCrossAttention(_CrossAttentionBase):
         q_rel = self._split(self.wq_rel, x, self.n_heads).transpose(1, 2)  # (B, H, n, D)
         k_rel = repeat_kv(self._split(self.wk_rel, x, self.n_kv_heads), self.n_rep_kv).transpose(1, 2)
         values = _cross_attention_symbol_values(self, symbols, b, n)
-        mask, causal = build_attn_mask(attn_mask, is_causal, key_padding_mask, n, n, device=x.device)
+        mask, causal = build_attn_mask(attn_mask, is_causal, key_padding_mask, n, n, device=x.device,
+                                       batch_size=b, n_heads=self.n_heads)
         if causal:
             mask = compute_causal_mask(n, device=x.device)[None, None]
         positions = torch.arange(n, device=x.device)

@@ -1,4 +1,4 @@
-"""The computation of relational attention, in three interchangeable forms.
+"""The computation of relational attention, in interchangeable forms.
 
 For query (receiver) i, key (sender) j, attention head h (kv head g) and relation ℓ = 1..R:
 
@@ -9,15 +9,24 @@ For query (receiver) i, key (sender) j, attention head h (kv head g) and relatio
 where v_j^g = W_s^g s_j is the value of the sender's symbol, or, with position-relative symbols,
 v_ij^g = W_s^g s_{clip(j − p_i, −M, M)} (p_i the absolute position of query i).
 
-* :func:`ra_plain` materialises α ``(B, H, Lq, Lk)`` and r ``(B, Lq, Lk, R)``: the reference, and the only form
-  that returns the attention weights and relations. Relative symbols are summed by offset (a band
-  ``(B, H, Lq, 2M+1)``), never gathered into an ``(Lq, Lk, d)`` tensor.
+For the identity activation (the default) the relation term factorises:
+
+    Σ_j α_ij^h r_ij,ℓ = rel_scale · ⟨ q_rel_i,ℓ , Σ_j α_ij^h k_rel_j,ℓ ⟩                      (★)
+
+so the relations ``(B, Lq, Lk, R)`` never need to exist: the relation keys are attended like values, and they are
+the same for every head.
+
+* :func:`ra_plain` materialises α ``(B, H, Lq, Lk)``, and the relations ``(B, Lq, Lk, R)`` when asked for (the
+  reference, and the only form that returns them). With ``return_relations=False`` and the identity activation
+  it uses (★) instead: α times ``[v | k_rel]``, one batched matmul for the relation keys shared by all heads. This
+  is the fastest form for short query blocks (one-token decoding steps). Relative symbols are summed by offset
+  (a band ``(B, H, Lq, 2M+1)``), never gathered into an ``(Lq, Lk, d)`` tensor.
 * :func:`ra_blocked` runs :func:`ra_plain` on blocks of queries with activation checkpointing, so memory is
   O(block · Lk) instead of O(Lq · Lk) in forward and backward. Exact for every option.
-* :func:`ra_fused` uses that, for the identity relation activation, the relation term factorises:
-  Σ_j α_ij r_ij,ℓ = rel_scale · ⟨q_rel_i,ℓ , Σ_j α_ij k_rel_j,ℓ⟩. One call of
-  :func:`torch.nn.functional.scaled_dot_product_attention` with values ``[v_j | k_rel_j]`` gives both terms
-  with the flash / memory-efficient kernels: O(L) memory, no L×L tensor.
+* :func:`ra_fused` uses (★) in one call of :func:`torch.nn.functional.scaled_dot_product_attention` with values
+  ``[v_j | k_rel_j]`` (width D + R·d_r): flash / memory-efficient kernels, O(L) memory, no L×L tensor. On the CPU
+  q and k are zero-padded to the value width (the CPU flash kernel needs equal widths; the zeros change no
+  score). ``docs/performance.md`` compares this with chunked value calls and a hand-written query-blocked pass.
 """
 
 from __future__ import annotations
@@ -30,6 +39,13 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from dual_attention.attention_utils import mask_to_additive
+
+#: ``scaled_dot_product_attention(enable_gqa=...)`` exists from torch 2.5 on
+_SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
+
+#: query-block lengths up to which ``implementation='auto'`` materialises α in one go (``ra_plain`` without
+#: relations): cheaper than a fused kernel call for the few queries of a cached decoding step
+DECODE_MAX_QUERIES = 16
 
 
 @dataclass
@@ -62,6 +78,19 @@ def _causal_mask(q_pos: Tensor, k_len: int) -> Tensor:
     return (torch.arange(k_len, device=q_pos.device)[None, :] <= q_pos[:, None])[None, None]  # (1, 1, Lq, Lk)
 
 
+def _grouped_matmul(weights: Tensor, values: Tensor) -> Tensor:
+    """``Σ_j w_ij^h v_j^g`` for weights ``(B, H, Lq, Lk)`` and values ``(B, K, Lk, D)`` (h // (H/K) = g).
+
+    The query heads of one kv head are stacked along the query axis, so GQA never copies the values.
+    """
+    b, n_heads, lq, lk = weights.shape
+    n_kv = values.shape[1]
+    if n_kv == n_heads:
+        return torch.matmul(weights, values.to(weights.dtype))
+    grouped = weights.reshape(b, n_kv, (n_heads // n_kv) * lq, lk)  # (B, K, n_rep*Lq, Lk)
+    return torch.matmul(grouped, values.to(weights.dtype)).view(b, n_heads, lq, values.shape[-1])
+
+
 def attend_values(weights: Tensor, values: Tensor | RelativeSymbolValues, q_pos: Tensor) -> Tensor:
     """Σ_j w_ij v_j for weights ``(B, H, Lq, Lk)`` and symbol values in any of the three forms of :func:`ra_plain`.
 
@@ -78,8 +107,24 @@ def attend_values(weights: Tensor, values: Tensor | RelativeSymbolValues, q_pos:
     n_rep = n_heads // values.shape[1]
     if values.dim() == 5:  # per-pair values (B, Hkv, Lq, Lk, D)
         v = values.repeat_interleave(n_rep, dim=1) if n_rep > 1 else values
-        return torch.einsum("bhij,bhijd->bhid", weights, v)
-    return torch.matmul(weights, _expand_heads(values, n_rep))
+        return torch.einsum("bhij,bhijd->bhid", weights, v.to(weights.dtype))
+    return _grouped_matmul(weights, values)
+
+
+def relation_readout(q_rel: Tensor, k_rel_bar: Tensor, wr: Tensor, rel_scale: float) -> Tensor:
+    """The relation term of (★): ``W_r^h · (rel_scale ⟨q_rel_i,ℓ, k̄_i,ℓ^h⟩)_ℓ`` with ``k̄ = Σ_j α_ij^h k_rel_j``.
+
+    Args:
+        q_rel: ``(B, Lq, R, d_r)``; k_rel_bar: ``(B, H, Lq, R·d_r)``; wr: ``(H, D, R)``.
+
+    Returns:
+        ``(B, H, Lq, D)``.
+    """
+    b, n_heads, lq, _ = k_rel_bar.shape
+    n_rel, d_rel = q_rel.shape[-2:]
+    k_rel_bar = k_rel_bar.reshape(b, n_heads, lq, n_rel, d_rel)  # (B, H, Lq, R, d_r)
+    attended_rels = (q_rel[:, None].to(k_rel_bar.dtype) * k_rel_bar).sum(-1) * rel_scale  # (B, H, Lq, R)
+    return torch.einsum("bhir,hdr->bhid", attended_rels, wr.to(attended_rels.dtype))
 
 
 def ra_plain(
@@ -97,8 +142,9 @@ def ra_plain(
     mask: Tensor | None = None,
     is_causal: bool = False,
     q_pos: Tensor | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Relational attention with every intermediate materialised.
+    return_relations: bool = True,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Relational attention with the attention weights materialised.
 
     Args:
         q: ``(B, H, Lq, Dk)``; k: ``(B, Hkv, Lk, Dk)`` (RoPE already applied).
@@ -109,29 +155,36 @@ def ra_plain(
         mask: ``None`` or a 4-D bool/float mask broadcastable to ``(B, H, Lq, Lk)``.
         is_causal: causal masking by position (``q_pos``, default ``0..Lq-1``; keys at ``0..Lk-1``).
         q_pos: absolute positions ``(Lq,)`` of the queries.
+        return_relations: materialise and return the relations. ``False`` with the identity activation uses the
+            factorised form (★) and never builds them (returns ``None`` in their place).
 
     Returns:
-        ``(A (B, H, Lq, D), α (B, H, Lq, Lk) after dropout, r (B, Lq, Lk, R))``.
+        ``(A (B, H, Lq, D), α (B, H, Lq, Lk) after dropout, r (B, Lq, Lk, R) or None)``.
     """
     b, n_heads, lq, _ = q.shape
     lk = k.shape[2]
-    n_rep = n_heads // k.shape[1]
     if q_pos is None:
         q_pos = torch.arange(lq, device=q.device)
 
-    logits = torch.matmul(q, _expand_heads(k, n_rep).transpose(-2, -1)) * attn_scale  # (B, H, Lq, Lk)
+    logits = _grouped_matmul(q, k.transpose(-2, -1)) * attn_scale  # (B, H, Lq, Lk)
     if is_causal:
         mask = _causal_mask(q_pos, lk) if mask is None else mask & _causal_mask(q_pos, lk)
     if mask is not None:
         logits = logits + mask_to_additive(mask, logits.dtype)
     attn = attn_dropout(torch.softmax(logits, dim=-1))  # (B, H, Lq, Lk)
 
-    relations = rel_activation(torch.einsum("bird,bjrd->bijr", q_rel, k_rel) * rel_scale)  # (B, Lq, Lk, R)
-    attended_rels = torch.einsum("bhij,bijr->bhir", attn, relations)  # (B, H, Lq, R)
-    out = torch.einsum("bhir,hdr->bhid", attended_rels, wr)  # (B, H, Lq, D)
+    relations = None
+    if return_relations or not isinstance(rel_activation, nn.Identity):
+        relations = rel_activation(torch.einsum("bird,bjrd->bijr", q_rel, k_rel) * rel_scale)  # (B, Lq, Lk, R)
+        attended_rels = torch.einsum("bhij,bijr->bhir", attn, relations.to(attn.dtype))  # (B, H, Lq, R)
+        out = torch.einsum("bhir,hdr->bhid", attended_rels, wr.to(attn.dtype))  # (B, H, Lq, D)
+    else:  # (★): the relation keys, shared by all heads, attended in one batched matmul
+        k_rel_bar = torch.matmul(attn.reshape(b, n_heads * lq, lk),
+                                 k_rel.reshape(b, lk, -1).to(attn.dtype))  # (B, H*Lq, R*d_r)
+        out = relation_readout(q_rel, k_rel_bar.view(b, n_heads, lq, -1), wr, rel_scale)
 
     out = out + attend_values(attn, values, q_pos)
-    return out, attn, relations
+    return out, attn, relations if return_relations else None
 
 
 def ra_blocked(
@@ -148,14 +201,16 @@ def ra_blocked(
     q_pos: Tensor | None = None,
     **kwargs,
 ) -> Tensor:
-    """:func:`ra_plain` over blocks of ``block_size`` queries; returns ``A (B, H, Lq, D)`` only.
+    """:func:`ra_plain` (without relations) over blocks of ``block_size`` queries; returns ``A (B, H, Lq, D)``.
 
     With gradients enabled each block is checkpointed (recomputed in backward, with the same dropout mask),
-    so neither pass ever holds more than ``block_size × Lk`` attention weights per head.
+    so neither pass ever holds more than ``block_size × Lk`` attention weights per head (and, for a non-identity
+    activation, ``block_size × Lk × R`` relations).
     """
     lq = q.shape[2]
     if q_pos is None:
         q_pos = torch.arange(lq, device=q.device)
+    kwargs["return_relations"] = False
     if lq <= block_size:
         return ra_plain(q, k, q_rel, k_rel, values, wr, mask=mask, is_causal=is_causal, q_pos=q_pos, **kwargs)[0]
 
@@ -190,25 +245,30 @@ def ra_fused(
     mask: Tensor | None = None,
     is_causal: bool = False,
 ) -> Tensor:
-    """Relational attention (identity relation activation) through one fused attention call.
+    """Relational attention (identity relation activation) through one fused attention call, by (★).
 
-    Shapes as in :func:`ra_plain` (``values (B, Hkv, Lk, D)``); returns ``A (B, H, Lq, D)``. Keys and values are
-    repeated to the query heads; on the CPU, q and k are zero-padded to the value width so that the flash
-    kernel (which needs equal widths) is used: padding adds zeros to every score and changes nothing.
+    Shapes as in :func:`ra_plain` (``values (B, Hkv, Lk, D)``); returns ``A (B, H, Lq, D)``. The values
+    ``[v_j^g | k_rel_j]`` stay at the kv heads (GQA without copies where SDPA supports ``enable_gqa``). On the CPU,
+    q and k are zero-padded to the value width so that the flash kernel (which needs equal widths) is used:
+    padding adds zeros to every score and changes nothing.
     """
     b, n_heads, lq, dk = q.shape
-    lk, d = k.shape[2], values.shape[-1]
-    n_rep = n_heads // k.shape[1]
-    n_rel, d_rel = k_rel.shape[-2:]
-    k_rel_v = k_rel.reshape(b, 1, lk, n_rel * d_rel).expand(b, values.shape[1], lk, n_rel * d_rel)
-    v = _expand_heads(torch.cat([values, k_rel_v.to(values.dtype)], dim=-1), n_rep)  # (B, H, Lk, D + R*d_r)
-    k = _expand_heads(k, n_rep)  # (B, H, Lk, Dk)
+    n_kv, lk, d = k.shape[1], k.shape[2], values.shape[-1]
+    n_rep = n_heads // n_kv
+    rel_width = k_rel.shape[-2] * k_rel.shape[-1]
+    dtype = q.dtype
+    k_rel_v = k_rel.reshape(b, 1, lk, rel_width).to(dtype).expand(b, n_kv, lk, rel_width)
+    v = torch.cat([values.to(dtype), k_rel_v], dim=-1)  # (B, K, Lk, D + R*d_r)
     width = v.shape[-1]
     if q.device.type == "cpu" and dk < width:
         q, k = F.pad(q, (0, width - dk)), F.pad(k, (0, width - dk))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=attn_scale,
-                                         dropout_p=dropout_p)  # (B, H, Lq, D + R*d_r)
-    sym, k_rel_bar = out.split([d, n_rel * d_rel], dim=-1)
-    k_rel_bar = k_rel_bar.reshape(b, n_heads, lq, n_rel, d_rel)  # (B, H, Lq, R, d_r)
-    attended_rels = (q_rel[:, None].to(k_rel_bar.dtype) * k_rel_bar).sum(-1) * rel_scale  # (B, H, Lq, R)
-    return sym + torch.einsum("bhir,hdr->bhid", attended_rels, wr.to(sym.dtype))
+    gqa = {}
+    if n_rep > 1:
+        if _SDPA_HAS_GQA:
+            gqa["enable_gqa"] = True
+        else:
+            k, v = _expand_heads(k, n_rep), _expand_heads(v, n_rep)
+    out = F.scaled_dot_product_attention(q, k.to(dtype), v, attn_mask=mask, is_causal=is_causal, scale=attn_scale,
+                                         dropout_p=dropout_p, **gqa)  # (B, H, Lq, D + R*d_r)
+    sym, k_rel_bar = out.split([d, rel_width], dim=-1)
+    return sym + relation_readout(q_rel, k_rel_bar, wr, rel_scale)

@@ -20,7 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dual_attention._validation import check_bool, check_choice, check_kwargs_dict, check_positive_int
+from dual_attention._validation import (
+    build_with_kwargs,
+    check_bool,
+    check_choice,
+    check_kwargs_dict,
+    check_positive_int,
+)
 from dual_attention.dual_attn_blocks import DualAttnDecoderBlock, DualAttnEncoderBlock
 from dual_attention.generation import sample_next_token
 from dual_attention.optim import configure_optimizers
@@ -30,6 +36,7 @@ from dual_attention.symbol_retrieval import (
     PositionRelativeSymbolRetriever,
     RelationalSymbolicAttention,
     SymbolicAttention,
+    check_retriever_fits,
 )
 from dual_attention.transformer_blocks import DecoderBlock, EncoderBlock
 
@@ -69,6 +76,14 @@ def _check_seq(name: str, t: Tensor, spec: dict, max_len: int) -> None:
                          f"{tuple(t.shape)} {t.dtype}")
     if t.shape[1] > max_len:
         raise ValueError(f"{name} has length {t.shape[1]}, which exceeds the block size {max_len}")
+
+
+def _check_padding_mask(name: str, mask: Tensor | None, t: Tensor) -> None:
+    if mask is None:
+        return
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != tuple(t.shape[:2]):
+        desc = f"{tuple(mask.shape)} {mask.dtype}" if isinstance(mask, Tensor) else type(mask).__name__
+        raise ValueError(f"{name} must be a bool tensor of shape {tuple(t.shape[:2])} (True = real token), got {desc}")
 
 
 class _Seq2Seq(nn.Module):
@@ -125,15 +140,20 @@ class _Seq2Seq(nn.Module):
         h = self.layers[f"{which}_embedder"](t)
         return self.layers[f"{which}_pos_embedder"](h, offset)
 
-    def _symbols(self, h: Tensor, input_pos: Tensor | None = None):
-        return self.layers.symbol_retriever.retrieve(h, input_pos) if self.uses_symbols else None
+    def _symbols(self, h: Tensor, input_pos: Tensor | None = None, key_padding_mask: Tensor | None = None):
+        if not self.uses_symbols:
+            return None
+        retriever = self.layers.symbol_retriever
+        if isinstance(retriever, RelationalSymbolicAttention):  # its symbols mix neighbouring tokens
+            return retriever.retrieve(h, input_pos, key_padding_mask=key_padding_mask)
+        return retriever.retrieve(h, input_pos)
 
     def encode(self, x: Tensor, src_padding_mask: Tensor | None = None) -> Tensor:
         """Source ``x`` → encoder output ``(B, Ls, d)``."""
         _check_seq("x", x, self.input_spec, self.in_block_size)
         h = self._embed(x, "source")
         for block in self.layers.encoder_blocks:
-            args = (h, self._symbols(h)) if self.uses_symbols else (h,)
+            args = (h, self._symbols(h, key_padding_mask=src_padding_mask)) if self.uses_symbols else (h,)
             h = block(*args, key_padding_mask=src_padding_mask)
         return h
 
@@ -144,7 +164,7 @@ class _Seq2Seq(nn.Module):
         _check_seq("y", y, self.output_spec, self.out_block_size)
         g = self._embed(y, "target", 0 if input_pos is None else input_pos)
         for i, block in enumerate(self.layers.decoder_blocks):
-            args = (g, context, self._symbols(g, input_pos)) if self.uses_symbols else (g, context)
+            args = (g, context, self._symbols(g, input_pos, tgt_padding_mask)) if self.uses_symbols else (g, context)
             g = block(*args, key_padding_mask=tgt_padding_mask, context_padding_mask=src_padding_mask,
                       kv_cache=None if kv_cache is None else kv_cache[i], input_pos=input_pos)
         return self.layers.final_out(g)
@@ -153,6 +173,14 @@ class _Seq2Seq(nn.Module):
                 src_padding_mask: Tensor | None = None, tgt_padding_mask: Tensor | None = None):
         """``(logits, loss)``: logits ``(B, Ly, out_dim)`` with ``targets``, else for the last position only
         ``(B, 1, out_dim)`` (as published). Padding masks are bool ``(B, L)``, True for real tokens."""
+        _check_seq("x", x, self.input_spec, self.in_block_size)
+        _check_seq("y", y, self.output_spec, self.out_block_size)
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"x and y must have the same batch size, got x {tuple(x.shape)} and y {tuple(y.shape)}")
+        _check_padding_mask("src_padding_mask", src_padding_mask, x)
+        _check_padding_mask("tgt_padding_mask", tgt_padding_mask, y)
+        if targets is not None and tuple(targets.shape) != tuple(y.shape[:2]):
+            raise ValueError(f"targets must have shape {tuple(y.shape[:2])} (that of y), got {tuple(targets.shape)}")
         logits = self.decode(y, self.encode(x, src_padding_mask), src_padding_mask, tgt_padding_mask)
         if targets is None:
             return logits[:, -1:], None
@@ -244,8 +272,10 @@ class Seq2SeqTransformer(_Seq2Seq):
                                    in_block_size, out_block_size, tie_weights, loss_ignore_idx)
         enc, dec = check_kwargs_dict("encoder_kwargs", encoder_kwargs), check_kwargs_dict("decoder_kwargs",
                                                                                           decoder_kwargs)
-        layers["encoder_blocks"] = nn.ModuleList(EncoderBlock(d_model, **enc) for _ in range(n_layers_enc))
-        layers["decoder_blocks"] = nn.ModuleList(DecoderBlock(d_model, **dec) for _ in range(n_layers_dec))
+        layers["encoder_blocks"] = nn.ModuleList(build_with_kwargs("encoder_kwargs", EncoderBlock, enc, d_model)
+                                                 for _ in range(n_layers_enc))
+        layers["decoder_blocks"] = nn.ModuleList(build_with_kwargs("decoder_kwargs", DecoderBlock, dec, d_model)
+                                                 for _ in range(n_layers_dec))
         layers["final_out"] = nn.Linear(d_model, out_dim)
         self.layers = nn.ModuleDict(layers)
         self._finish_init()
@@ -279,10 +309,15 @@ class Seq2SeqDualAttnTransformer(_Seq2Seq):
                 raise ValueError(f"symbol_retrieval={symbol_retrieval!r} needs {name}['ra_kwargs']"
                                  f"['use_relative_positional_symbols']={relative}")
         self.symbol_retrieval = symbol_retrieval
-        layers["symbol_retriever"] = SYMBOL_RETRIEVERS[symbol_retrieval](
-            **check_kwargs_dict("symbol_retrieval_kwargs", symbol_retrieval_kwargs))
-        layers["encoder_blocks"] = nn.ModuleList(DualAttnEncoderBlock(d_model, **enc) for _ in range(n_layers_enc))
-        layers["decoder_blocks"] = nn.ModuleList(DualAttnDecoderBlock(d_model, **dec) for _ in range(n_layers_dec))
+        layers["symbol_retriever"] = build_with_kwargs(
+            "symbol_retrieval_kwargs", SYMBOL_RETRIEVERS[symbol_retrieval],
+            check_kwargs_dict("symbol_retrieval_kwargs", symbol_retrieval_kwargs))
+        check_retriever_fits(layers["symbol_retriever"], d_model, max(in_block_size, out_block_size),
+                             "symbol_retrieval_kwargs")
+        layers["encoder_blocks"] = nn.ModuleList(build_with_kwargs("encoder_kwargs", DualAttnEncoderBlock, enc, d_model)
+                                                 for _ in range(n_layers_enc))
+        layers["decoder_blocks"] = nn.ModuleList(build_with_kwargs("decoder_kwargs", DualAttnDecoderBlock, dec, d_model)
+                                                 for _ in range(n_layers_dec))
         layers["final_out"] = nn.Linear(d_model, out_dim)
         self.layers = nn.ModuleDict(layers)
         self._finish_init()

@@ -47,6 +47,23 @@ def _check_input(x: Tensor, d_model: int | None = None) -> None:
         raise ValueError(f"x must have shape (batch, length, d_model), got {shape}")
     if d_model is not None and x.shape[-1] != d_model:
         raise ValueError(f"x has feature dim {x.shape[-1]}, expected d_model={d_model}")
+    if d_model is not None and not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+
+
+def check_retriever_fits(retriever: nn.Module, d_model: int, max_len: int, kwargs_name: str) -> None:
+    """Raise ``ValueError`` if a retriever's symbols cannot feed relational attention of width ``d_model`` over
+    sequences of up to ``max_len`` tokens (symbol dim ≠ d_model, or too few positional symbols)."""
+    if isinstance(retriever, (SymbolicAttention, RelationalSymbolicAttention)):
+        dim_name, dim = "d_model", retriever.d_model
+    else:
+        dim_name, dim = "symbol_dim", retriever.symbol_dim
+    if dim != d_model:
+        raise ValueError(f"{kwargs_name}['{dim_name}']={dim} must equal the model's d_model={d_model} "
+                         "(relational attention projects the symbols with a d_model x d_model matrix)")
+    if isinstance(retriever, PositionalSymbolRetriever) and retriever.max_length < max_len:
+        raise ValueError(f"{kwargs_name}['max_length']={retriever.max_length} is smaller than the longest sequence "
+                         f"the model accepts ({max_len}); it must be >= {max_len}")
 
 
 class SymbolicAttention(nn.Module):
@@ -229,23 +246,35 @@ class RelationalSymbolicAttention(nn.Module):
         """Index ``(n, nbhd)`` of the causal neighbours ``i-1..i-Δ`` (``i..i-Δ``), clamped to ``[0, n-1]``."""
         return RelationalSymbolicAttention._raw_neighbors(n, delta, True, include_self).clamp(0, n - 1)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        """``x (B, n, d) -> symbols (B, n, d)``.
+
+        ``key_padding_mask`` (bool ``(B, n)``, True = real token): padded tokens are masked out of every
+        neighbourhood like out-of-range neighbours, so they never influence the symbols of real tokens.
+        """
         _check_input(x, self.d_model)
         b, n, d = x.shape
         h, dh = self.rel_n_heads, d // self.rel_n_heads
         raw = self._raw_neighbors(n, self.nbhd_delta, self.causal_nbhd, self.include_self).to(x.device)
-        valid = (raw >= 0) & (raw < n)  # (n, nbhd)
         idx = raw.clamp(0, n - 1)
+        valid = ((raw >= 0) & (raw < n))[None]  # (1, n, nbhd)
+        if key_padding_mask is not None:
+            if not isinstance(key_padding_mask, Tensor) or key_padding_mask.dtype != torch.bool \
+                    or tuple(key_padding_mask.shape) != (b, n):
+                desc = (f"{tuple(key_padding_mask.shape)} {key_padding_mask.dtype}"
+                        if isinstance(key_padding_mask, Tensor) else type(key_padding_mask).__name__)
+                raise ValueError(f"key_padding_mask must be a bool tensor of shape ({b}, {n}), got {desc}")
+            valid = valid & key_padding_mask[:, idx]  # (B, n, nbhd)
         q = self.q_proj(x).view(b, n, h, dh)  # (B, n, h, dh)
         k = self.k_proj(x).view(b, n, h, dh)[:, idx]  # (B, n, nbhd, h, dh)
         rels = torch.einsum("bihd,bijhd->bijh", q, k)  # (B, n, nbhd, h)
         if self.normalize_rels:
-            rels = (rels * self.rel_scale).masked_fill(~valid[None, :, :, None], float("-inf"))
+            rels = (rels * self.rel_scale).masked_fill(~valid[..., None], float("-inf"))
             rels = torch.softmax(rels, dim=2).nan_to_num(0.0)
         else:
-            rels = rels.masked_fill(~valid[None, :, :, None], 0.0)
+            rels = rels.masked_fill(~valid[..., None], 0.0)
         rels = rels.reshape(b, n, self.nbhd_rel_dim)  # (B, n, nbhd*h), (neighbour, head) order
         return self.symbolic_attention(self.model_dim_proj(rels))
 
-    def retrieve(self, x: Tensor, input_pos: Tensor | None = None) -> Tensor:
-        return self(x)
+    def retrieve(self, x: Tensor, input_pos: Tensor | None = None, key_padding_mask: Tensor | None = None) -> Tensor:
+        return self(x, key_padding_mask=key_padding_mask)

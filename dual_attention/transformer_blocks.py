@@ -10,8 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dual_attention._validation import check_bool, check_choice, check_kwargs_dict, check_positive_int
-from dual_attention._validation import check_probability
+from dual_attention._validation import (
+    check_bool,
+    check_choice,
+    check_kwargs_dict,
+    check_positive_int,
+    check_probability,
+)
 from dual_attention.attention import Attention
 from dual_attention.model_utils import ACTIVATIONS, get_activation_function
 
@@ -23,6 +28,9 @@ class RMSNorm(nn.Module):
 
     def __init__(self, dim: int, eps: float = 1e-5) -> None:
         super().__init__()
+        check_positive_int("dim", dim)
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps < 0:
+            raise ValueError(f"eps={eps!r} is not valid; it must be a float >= 0")
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 

@@ -12,7 +12,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from dual_attention._validation import check_choice, check_kwargs_dict, check_positive_int
+from dual_attention._validation import (
+    build_with_kwargs,
+    check_choice,
+    check_kwargs_dict,
+    check_positive_int,
+    check_probability,
+)
 from dual_attention.dual_attn_blocks import DualAttnEncoderBlock
 from dual_attention.optim import configure_optimizers
 from dual_attention.symbol_retrieval import (
@@ -20,6 +26,7 @@ from dual_attention.symbol_retrieval import (
     PositionRelativeSymbolRetriever,
     RelationalSymbolicAttention,
     SymbolicAttention,
+    check_retriever_fits,
 )
 from dual_attention.transformer_blocks import EncoderBlock
 
@@ -57,6 +64,7 @@ class _VisionModel(nn.Module):
         for name, v in (("num_classes", num_classes), ("d_model", d_model), ("n_layers", n_layers)):
             check_positive_int(name, v)
         check_choice("pool", pool, POOLS)
+        check_probability("dropout_rate", dropout_rate)
         c, w, h = image_shape
         pw, ph = patch_size
         if w % pw or h % ph:
@@ -152,9 +160,11 @@ class VisionDualAttnTransformer(_VisionModel):
                              f"ra_kwargs['use_relative_positional_symbols']={relative}")
         self.symbol_retrieval = symbol_retrieval
         self.n_heads_sa, self.n_heads_ra = n_heads_sa, n_heads_ra
-        self.symbol_retriever = SYMBOL_RETRIEVERS[symbol_retrieval](
-            **check_kwargs_dict("symbol_retrieval_kwargs", symbol_retrieval_kwargs))
+        self.symbol_retriever = build_with_kwargs(
+            "symbol_retrieval_kwargs", SYMBOL_RETRIEVERS[symbol_retrieval],
+            check_kwargs_dict("symbol_retrieval_kwargs", symbol_retrieval_kwargs))
         self._init_common(image_shape, patch_size, num_classes, d_model, n_layers, dropout_rate, pool)
+        check_retriever_fits(self.symbol_retriever, d_model, self.num_patches + 1, "symbol_retrieval_kwargs")
         self.to_patch_embedding = self._patch_embedding()
         self.encoder_blocks = nn.ModuleList(
             DualAttnEncoderBlock(d_model=d_model, n_heads_sa=n_heads_sa, n_heads_ra=n_heads_ra, dff=dff,

@@ -1,16 +1,16 @@
-"""``dat plot RUN_DIR``: a PNG of the train/validation loss curves in ``RUN_DIR/metrics.jsonl``."""
+"""``dat plot RUN_DIR [RUN_DIR ...]``: a PNG of the train/validation loss curves in ``RUN_DIR/metrics.jsonl``."""
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "plot the train/val loss curves of a run directory (metrics.jsonl) to a PNG"
+HELP = "plot the train/val loss curves of run directories (metrics.jsonl) to a PNG"
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("plot", help=HELP, description=HELP + ".")
-    p.add_argument("run_dir", help="a run directory written by `dat train`")
-    p.add_argument("--out", help="output PNG (default RUN_DIR/loss.png)")
+    p.add_argument("run_dir", nargs="+", help="run directories written by `dat train` (several: overlaid)")
+    p.add_argument("--out", help="output PNG (default: loss.png in the first RUN_DIR)")
     p.add_argument("--log-y", action="store_true", help="logarithmic loss axis")
     p.add_argument("--title", help="plot title (default: the run's name, family and architecture)")
     p.set_defaults(func=run)
@@ -21,7 +21,8 @@ def run(args: argparse.Namespace) -> int:
     from dual_attention.training.plot import plot_run
 
     try:
-        out = plot_run(args.run_dir, args.out, log_y=args.log_y, title=args.title)
+        dirs = args.run_dir if len(args.run_dir) > 1 else args.run_dir[0]
+        out = plot_run(dirs, args.out, log_y=args.log_y, title=args.title)
     except ValueError as e:
         raise CLIError(str(e)) from None
     except OSError as e:

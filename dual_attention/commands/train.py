@@ -30,6 +30,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
     from pathlib import Path
 
     import yaml
@@ -67,9 +68,7 @@ def run(args: argparse.Namespace) -> int:
             print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
             return 0
         result = train(cfg, resume=args.resume, overwrite=args.overwrite)
-    from dual_attention.training import distributed
-
-    if int(__import__("os").environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0:
         parts = [f"{result.iters} iters", f"{result.elapsed_s:.1f}s"]
         if result.train_loss is not None:
             parts.append(f"train loss {result.train_loss:.4f}")
@@ -77,6 +76,5 @@ def run(args: argparse.Namespace) -> int:
         print(("interrupted: " if result.interrupted else "done: ") + ", ".join(parts))
         if result.run_dir is not None:
             print(f"run dir: {result.run_dir} (checkpoint: {result.run_dir / 'checkpoint'})")
-    del distributed
     sys.stdout.flush()
     return 130 if result.interrupted else 0

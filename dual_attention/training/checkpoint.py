@@ -70,8 +70,11 @@ def atomic_save_dir(run_dir: str | Path, write_fn, name: str = CHECKPOINT_DIR) -
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     write_fn(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
     for f in tmp.iterdir():
         if f.is_file():
+            os.chmod(f, 0o666 & ~umask)  # some writers (safetensors) create 0600 files
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
     _fsync_dir(tmp)
@@ -144,4 +147,6 @@ def load_trainer_state(ckpt_dir: str | Path) -> dict[str, Any]:
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{p} is corrupted ({type(e).__name__}); delete the run or start with --overwrite") from None
+        raise CheckpointError(
+            f"{p} is corrupted ({type(e).__name__}); delete the run or start with --overwrite"
+        ) from None

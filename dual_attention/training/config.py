@@ -103,7 +103,9 @@ class DataConfig:
     ``train``/``val``/``test`` are paths (or ``synthetic`` for a small generated task per family, or
     ``hf`` for a streamed Hugging Face dataset, LM only). Formats, chosen by ``format='auto'`` from the
     suffix: LM ``.txt`` (any text; tokenized with ``tokenizer``) or ``.bin`` (nanoGPT ``uint16`` token
-    memmap); seq2seq ``.tsv`` (``source<TAB>target`` per line) or ``source_file,target_file``; vision
+    memmap) or ``hf`` (streamed from ``hf_dataset``; the first ``hf_val_docs`` documents are the
+    validation split; needs the ``datasets`` package); seq2seq ``.tsv`` (``source<TAB>target`` per
+    line) or ``source_file,target_file``; vision
     ``.pt`` (``{'images': [N,C,H,W], 'labels': [N]}``) or an image folder (``root/<class>/<image>``,
     needs Pillow). Without ``val``, the last ``val_fraction`` of ``train`` is held out.
     """
@@ -120,6 +122,7 @@ class DataConfig:
     hf_name: str | None = "sample-10BT"
     hf_split: str = "train"
     hf_text_field: str = "text"
+    hf_val_docs: int = 200
 
 
 @dataclass
@@ -151,7 +154,8 @@ class TrainConfig:
     ``batch_size`` is the *global* batch per optimizer step (sequences or images), split into
     ``grad_accum_steps`` micro-batches and, under ``torchrun``, across processes: each process gets
     ``batch_size / (grad_accum_steps * world_size)`` examples per micro-step. ``out_dir=None`` means no
-    run directory (nothing written; the CLI fills in ``runs/<name>``). ``checkpoint_interval=None``
+    run directory (nothing written; the CLI fills in ``runs/<name>``). ``eval_batch_size`` defaults to
+    ``batch_size`` (evaluated in micro-batch-sized chunks). ``checkpoint_interval=None``
     checkpoints at every evaluation; ``0`` only at the end. ``dtype='auto'`` is bfloat16 autocast on a
     GPU that supports it and float32 on the CPU (``bfloat16`` turns on CPU autocast).
     """

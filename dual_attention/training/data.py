@@ -155,7 +155,7 @@ class TokenStream:
 class LMData:
     """Train/val/test token streams and the tokenizer that made them."""
 
-    train: TokenStream
+    train: TokenStream | None  # None: streamed (data_hf)
     val: TokenStream | None
     test: TokenStream | None
     tokenizer: ByteTokenizer | TiktokenTokenizer

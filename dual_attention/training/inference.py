@@ -112,6 +112,7 @@ def guess_data_family(path: str) -> str | None:
     return None
 
 
+_DATA_WORD = {"lm": "text (language-model) data", "seq2seq": "seq2seq pair data", "vision": "image (vision) data"}
 _FAMILY_WORD = {"lm": "language model", "seq2seq": "seq2seq model", "vision": "vision model"}
 
 
@@ -127,7 +128,7 @@ def evaluate_checkpoint(path_or_id: str, data: str, *, batch_size: int = 32, max
     if guessed is not None and guessed != fam:
         raise DataError(
             f"checkpoint {path_or_id!r} is a {_FAMILY_WORD[fam]} ({type(loaded.model).__name__.removesuffix('_HFHub')})"
-            f" but {data!r} looks like {_FAMILY_WORD[guessed]} data"
+            f" but {data!r} looks like {_DATA_WORD[guessed]}"
         )
     cfg = load_config(loaded.train_config) if loaded.train_config is not None else Config()
     cfg.model.family = fam

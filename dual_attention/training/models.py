@@ -261,7 +261,9 @@ def _hf_class(name: str) -> type:
     try:
         hf = importlib.import_module("dual_attention.hf")
     except ImportError as e:
-        raise ConfigError(f"cannot import dual_attention.hf ({e}); install the extra: pip install 'dual_attention[hf]'") from None
+        raise ConfigError(
+            f"cannot import dual_attention.hf ({e}); install the extra: pip install 'dual_attention[hf]'"
+        ) from None
     return getattr(hf, name)
 
 

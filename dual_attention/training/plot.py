@@ -33,13 +33,37 @@ def _ema(values: list[float], alpha: float) -> list[float]:
     return out
 
 
-def plot_run(run_dir: str | Path, out: str | Path | None = None, log_y: bool = False,
-             title: str | None = None) -> Path:
-    """Plot train (raw and smoothed) and validation loss against the iteration; return the PNG path.
+def _smoothing(n: int) -> float | None:
+    """EMA factor for ``n`` train points: none below 50 points (it would lag), then 1 - 20/n up to 0.95."""
+    if n < 50:
+        return None
+    return min(0.95, 1.0 - 20.0 / n)
 
-    The default output is ``run_dir/loss.png``. Needs matplotlib (``pip install 'dual_attention[plot]'``).
+
+def _run_title(run_dir: Path) -> str:
+    cfg = run_dir / "config.yaml"
+    title = run_dir.name
+    if cfg.is_file():
+        import yaml
+
+        try:
+            c = yaml.safe_load(cfg.read_text())
+            title = f"{c.get('name', title)} ({c['model']['family']}, {c['model']['arch']})"
+        except Exception:
+            pass
+    return title
+
+
+def plot_run(run_dir: str | Path | list, out: str | Path | None = None, log_y: bool = False,
+             title: str | None = None) -> Path:
+    """Plot train (raw, and smoothed when long) and validation loss against the iteration; return the PNG path.
+
+    ``run_dir`` may be a list of run directories: their curves are overlaid (e.g. DAT against its Transformer
+    baseline). The default output is ``<first run dir>/loss.png``. Needs matplotlib
+    (``pip install 'dual_attention[plot]'``).
     """
-    recs = read_metrics(run_dir)
+    dirs = [Path(d) for d in (run_dir if isinstance(run_dir, (list, tuple)) else [run_dir])]
+    all_recs = [read_metrics(d) for d in dirs]
     try:
         import matplotlib
 
@@ -47,20 +71,30 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, log_y: bool = F
         import matplotlib.pyplot as plt
     except ImportError:
         raise ValueError("dat plot needs matplotlib: pip install 'dual_attention[plot]'") from None
-    train = [(r["iter"], r["loss"]) for r in recs if r.get("split") == "train" and "loss" in r]
-    val = [(r["iter"], r["loss"]) for r in recs if r.get("split") == "val" and "loss" in r]
-    acc = [(r["iter"], r["acc"]) for r in recs if r.get("split") == "val" and "acc" in r]
-    if not train and not val:
-        raise ValueError(f"{Path(run_dir) / 'metrics.jsonl'} has no loss records")
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    if train:
-        xs, ys = zip(*train)
-        ax.plot(xs, ys, color="tab:blue", alpha=0.3, lw=1, label="train loss")
-        if len(ys) > 5:
-            ax.plot(xs, _ema(list(ys), 0.8), color="tab:blue", lw=1.8, label="train loss (EMA)")
-    if val:
-        xs, ys = zip(*val)
-        ax.plot(xs, ys, "o-", color="tab:orange", lw=1.8, ms=4, label="val loss")
+    single = len(dirs) == 1
+    colours = ["tab:blue", "tab:red", "tab:green", "tab:purple", "tab:brown", "tab:olive"]
+    acc = []
+    for k, (d, recs) in enumerate(zip(dirs, all_recs)):
+        train = [(r["iter"], r["loss"]) for r in recs if r.get("split") == "train" and "loss" in r]
+        val = [(r["iter"], r["loss"]) for r in recs if r.get("split") == "val" and "loss" in r]
+        if not train and not val:
+            raise ValueError(f"{d / 'metrics.jsonl'} has no loss records")
+        name = "" if single else f"{_run_title(d)}: "
+        c_train = "tab:blue" if single else colours[k % len(colours)]
+        c_val = "tab:orange" if single else c_train
+        if train:
+            xs, ys = zip(*train)
+            alpha = _smoothing(len(ys))
+            ax.plot(xs, ys, color=c_train, alpha=0.35 if alpha else 0.9, lw=1 if alpha else 1.4,
+                    label=f"{name}train loss")
+            if alpha:
+                ax.plot(xs, _ema(list(ys), alpha), color=c_train, lw=1.8, label=f"{name}train loss (EMA)")
+        if val:
+            xs, ys = zip(*val)
+            ax.plot(xs, ys, "o-" if single else "o--", color=c_val, lw=1.8, ms=4, label=f"{name}val loss")
+        if single:
+            acc = [(r["iter"], r["acc"]) for r in recs if r.get("split") == "val" and "acc" in r]
     ax.set_xlabel("iteration")
     ax.set_ylabel("cross-entropy loss")
     if log_y:
@@ -76,21 +110,10 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, log_y: bool = F
         h2, l2 = ax2.get_legend_handles_labels()
         ax.legend(h1 + h2, l1 + l2, loc="center right")
     else:
-        ax.legend(loc="upper right")
-    if title is None:
-        cfg = Path(run_dir) / "config.yaml"
-        title = Path(run_dir).name
-        if cfg.is_file():
-            import yaml
-
-            try:
-                c = yaml.safe_load(cfg.read_text())
-                title = f"{c.get('name', title)} ({c['model']['family']}, {c['model']['arch']})"
-            except Exception:
-                pass
-    ax.set_title(title)
+        ax.legend(loc="upper right", fontsize=8 if not single else None)
+    ax.set_title(title or (_run_title(dirs[0]) if single else "loss curves"))
     fig.tight_layout()
-    out_path = Path(out) if out else Path(run_dir) / "loss.png"
+    out_path = Path(out) if out else dirs[0] / "loss.png"
     fig.savefig(out_path)
     plt.close(fig)
     return out_path

@@ -52,7 +52,7 @@ def _paper_lm(arch: str, d_model: int, heads: int, lr: float, **model: object) -
         "data": dict(_PAPER_DATA),
         "optim": {
             "learning_rate": lr,
-            "min_lr": lr / 10,
+            "min_lr": round(lr / 10, 10),
             "weight_decay": 0.1,
             "beta1": 0.9,
             "beta2": 0.95,
@@ -89,7 +89,7 @@ def _tiny(family: str, arch: str) -> dict:
         train.update(max_iters=200)
     return {
         "model": model,
-        "data": {"train": "synthetic", "format": "synthetic"},
+        "data": {"train": "synthetic"},
         "optim": optim,
         "train": train,
     }

@@ -35,7 +35,7 @@ def model_summary(model: nn.Module, depth: int = 3, title: str | None = None) ->
     ``blocks.0-23`` with the per-block count and the multiplier.
     """
     rows: list[tuple[str, str, str, str]] = []
-    seen_global: set[int] = set()
+    seen: set[int] = set()
 
     def visit(mod: nn.Module, prefix: str, level: int) -> None:
         children = list(mod.named_children())
@@ -53,15 +53,15 @@ def model_summary(model: nn.Module, depth: int = 3, title: str | None = None) ->
             label = full if j == i else f"{prefix}.{name}-{children[j][0]}"
             n = count_params(child)
             ids = {id(p) for p in child.parameters()}
-            shared = ids and ids <= seen_global
-            seen_global.update(ids)
+            shared = bool(ids) and ids <= seen  # every tensor already listed in an earlier, non-ancestor row
             times = j - i + 1
             count = f"{n:,}" + (f" x{times}" if times > 1 else "")
             if shared:
                 count += " (shared)"
             rows.append(("  " * (level - 1) + label, type(child).__name__, count, ""))
-            if level < depth:
+            if level < depth and not shared:
                 visit(child, full, level + 1)
+            seen.update(ids)
             i = j + 1
 
     visit(model, "", 1)

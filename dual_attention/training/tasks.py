@@ -28,6 +28,7 @@ from dual_attention.training.data import (
     Seq2SeqData,
     TokenStream,
     VisionData,
+    detect_format,
     epoch_indices,
     load_lm_data,
     load_seq2seq_data,
@@ -44,7 +45,8 @@ class Task:
     """Interface shared by the families (see the module docstring)."""
 
     family = ""
-    unit = "samples"
+    unit = "sample"  # progress-bar unit (``tok/s``)
+    units = "samples"  # metrics.jsonl keys (``tokens``, ``tokens_per_s``)
 
     def __init__(self, cfg: Config, device: torch.device):
         self.cfg = cfg
@@ -70,6 +72,13 @@ class Task:
     def evaluate(self, model: nn.Module, split: str, autocast=nullcontext) -> dict[str, float] | None:
         raise NotImplementedError
 
+    def state_dict(self) -> dict | None:
+        """Data position to checkpoint (None: sampling is a function of the step alone)."""
+        return None
+
+    def load_state_dict(self, state: dict | None) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
     def has_split(self, split: str) -> bool:
         return getattr(self.data, split, None) is not None
 
@@ -81,8 +90,13 @@ class Task:
         return idx[micro_slice(t.batch_size, t.grad_accum_steps, world, micro, rank)]
 
     def _eval_batch_size(self) -> int:
+        """Rows per evaluation batch: ``train.eval_batch_size``, default the global ``train.batch_size``."""
+        return self.cfg.train.eval_batch_size or self.cfg.train.batch_size
+
+    def _eval_chunk(self) -> int:
+        """Rows per forward pass during evaluation (the training micro-batch, so memory is bounded)."""
         t = self.cfg.train
-        return t.eval_batch_size or max(t.batch_size // t.grad_accum_steps, 1)
+        return max(min(self._eval_batch_size(), t.batch_size // t.grad_accum_steps), 1)
 
     def describe(self) -> str:
         return ""
@@ -93,6 +107,7 @@ class LMTask(Task):
 
     family = "lm"
     unit = "tok"
+    units = "tokens"
 
     def __init__(self, cfg: Config, device: torch.device, data: LMData):
         super().__init__(cfg, device)
@@ -111,6 +126,7 @@ class LMTask(Task):
             raise ConfigError(
                 f"data.block_size={self.block} exceeds model.max_block_size={m.max_block_size}"
             )
+        self.stream = None  # an HFStream (data.train=hf), made on the first batch
         for split in ("train", "val", "test"):
             s = getattr(data, split)
             if s is not None and len(s) < self.block + 2:
@@ -126,6 +142,18 @@ class LMTask(Task):
     def global_count(self, step: int) -> int:
         return self.cfg.train.batch_size * self.block
 
+    @property
+    def streaming(self) -> bool:
+        return self.data.train is None
+
+    def state_dict(self) -> dict | None:
+        """The data position of a streamed source (None for stateless sampling)."""
+        return self.stream.state_dict() if self.stream is not None else None
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if state is not None:
+            self._pending_state = state
+
     def _starts(self, step: int) -> torch.Tensor:
         if self._cache is None or self._cache[0] != step:
             g = step_generator(self.cfg.train.seed, step)
@@ -133,6 +161,17 @@ class LMTask(Task):
         return self._cache[1]
 
     def train_batch(self, step, micro, rank, world):
+        if self.streaming:
+            if self.stream is None:
+                from dual_attention.training.data_hf import open_hf_stream
+
+                self.stream = open_hf_stream(self.cfg.data, self.tokenizer, self.block, rank, world,
+                                             self.cfg.data.hf_val_docs)
+                if getattr(self, "_pending_state", None) is not None:
+                    self.stream.load_state_dict(self._pending_state)
+            t = self.cfg.train
+            x, y = self.stream.windows(t.batch_size // (t.grad_accum_steps * world))
+            return self._to({"x": x, "y": y})
         starts = self._micro_rows(self._starts(step), micro, rank, world)
         x, y = self.data.train.windows(starts, self.block)
         return self._to({"x": x, "y": y})
@@ -150,20 +189,25 @@ class LMTask(Task):
         bs = self._eval_batch_size()
         g = step_generator(self.cfg.train.seed, 0, stream=10 + ("train", "val", "test").index(split))
         total, correct, count = 0.0, 0, 0
+        chunk = self._eval_chunk()
         for _ in range(n_batches):
-            starts = stream.random_starts(g, bs, self.block)
-            x, y = stream.windows(starts, self.block)
-            x, y = x.to(self.device), y.to(self.device)
-            with autocast():
-                logits, _ = model(x, targets=y)
-            logits = logits.float()
-            total += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
-            correct += int((logits.argmax(-1) == y).sum())
-            count += y.numel()
+            all_starts = stream.random_starts(g, bs, self.block)
+            for starts in all_starts.split(chunk):
+                x, y = stream.windows(starts, self.block)
+                x, y = x.to(self.device), y.to(self.device)
+                with autocast():
+                    logits, _ = model(x, targets=y)
+                logits = logits.float()
+                total += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
+                correct += int((logits.argmax(-1) == y).sum())
+                count += y.numel()
         loss = total / count
         return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "acc": correct / count}
 
     def describe(self) -> str:
+        if self.streaming:
+            return (f"streaming {self.cfg.data.hf_dataset} ({self.tokenizer.name} tokenizer), block {self.block}, "
+                    f"{len(self.data.val):,} val tokens")
         n_train = len(self.data.train)
         n_val = len(self.data.val) if self.data.val is not None else 0
         return f"{n_train:,} train / {n_val:,} val tokens ({self.tokenizer.name} tokenizer), block {self.block}"
@@ -174,6 +218,7 @@ class Seq2SeqTask(Task):
 
     family = "seq2seq"
     unit = "tok"
+    units = "tokens"
 
     def __init__(self, cfg: Config, device: torch.device, data: Seq2SeqData):
         super().__init__(cfg, device)
@@ -237,7 +282,7 @@ class Seq2SeqTask(Task):
         pairs: PairData | None = getattr(self.data, split)
         if pairs is None:
             return None
-        bs = self._eval_batch_size()
+        bs = self._eval_chunk()
         total, correct, count, seq_ok = 0.0, 0, 0, 0
         for start in range(0, len(pairs), bs):
             batch = self._to(pairs.collate(torch.arange(start, min(start + bs, len(pairs)))))
@@ -266,6 +311,7 @@ class VisionTask(Task):
 
     family = "vision"
     unit = "img"
+    units = "images"
 
     def __init__(self, cfg: Config, device: torch.device, data: VisionData):
         super().__init__(cfg, device)
@@ -305,7 +351,7 @@ class VisionTask(Task):
         data: ImageData | None = getattr(self.data, split)
         if data is None:
             return None
-        bs = self._eval_batch_size()
+        bs = self._eval_chunk()
         total, correct = 0.0, 0
         for start in range(0, len(data), bs):
             batch = self._to(data.collate(torch.arange(start, min(start + bs, len(data)))))
@@ -352,7 +398,13 @@ def make_task(cfg: Config, device: torch.device, train_data=None, val_data=None,
                           _lm_in_memory(test_data, "test_data"), tok)
         else:
             tok = tokenizer or get_tokenizer(cfg.data.tokenizer)
-            data = load_lm_data(cfg.data, tok, seed=seed)
+            fmt = cfg.data.format if cfg.data.format != "auto" else detect_format(cfg.data.train or "", "lm")
+            if fmt == "hf":
+                from dual_attention.training.data_hf import load_hf_validation
+
+                data = LMData(None, load_hf_validation(cfg.data, tok, cfg.data.hf_val_docs), None, tok)
+            else:
+                data = load_lm_data(cfg.data, tok, seed=seed)
         return LMTask(cfg, device, data)
     if fam == "seq2seq":
         if train_data is not None:

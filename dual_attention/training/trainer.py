@@ -345,7 +345,8 @@ def _train(cfg: Config, info: D.DistInfo, train_data, val_data, test_data, resum
 
     ckpt_dir = find_checkpoint(run_dir) if (resume and run_dir is not None) else None
     state = load_trainer_state(ckpt_dir) if ckpt_dir is not None else None
-    if state is not None and state.get("config", {}).get("model", {}).get("family", cfg.model.family) != cfg.model.family:
+    saved_family = (state or {}).get("config", {}).get("model", {}).get("family", cfg.model.family)
+    if saved_family != cfg.model.family:
         raise CheckpointError(
             f"the checkpoint in {str(run_dir)!r} is a {state['config']['model']['family']!r} model but the config "
             f"asks for model.family={cfg.model.family!r}"
@@ -433,6 +434,9 @@ def _train(cfg: Config, info: D.DistInfo, train_data, val_data, test_data, resum
         if "scaler" in state:
             scaler.load_state_dict(state["scaler"])
         rng = state["rng"]
+        data_states = state.get("data") or []
+        if len(data_states) == info.world:
+            task.load_state_dict(data_states[info.rank])
         if len(rng) == info.world:
             restore_rng(rng[info.rank])
         else:
@@ -492,6 +496,7 @@ def _train(cfg: Config, info: D.DistInfo, train_data, val_data, test_data, resum
         else:
             msd, osd = None, optimizer.state_dict()
         rngs = D.gather_objects(capture_rng(), info)
+        data_states = D.gather_objects(task.state_dict(), info)
         if main:
             trainer_state = {
                 "iter": it,
@@ -499,6 +504,7 @@ def _train(cfg: Config, info: D.DistInfo, train_data, val_data, test_data, resum
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(),
                 "rng": rngs,
+                "data": data_states,
                 "tokens_seen": tokens_seen,
                 "elapsed_s": elapsed_before + time.time() - t_start,
                 "world_size": info.world,
@@ -527,6 +533,7 @@ def _train(cfg: Config, info: D.DistInfo, train_data, val_data, test_data, resum
     last_loss: float | None = None
     t_log = time.time()
     units_since = 0
+    last_log_it = start_iter
     ckpt_every = tc.checkpoint_interval if tc.checkpoint_interval is not None else tc.eval_interval
     raw_model.train()
     if start_iter == 0 and tc.eval_interval > 0:
@@ -572,8 +579,13 @@ def _train(cfg: Config, info: D.DistInfo, train_data, val_data, test_data, resum
                     t_log, units_since = time.time(), 0
                     lr = optimizer.param_groups[0]["lr"]
                     rec = {"iter": it, "split": "train", "loss": last_loss, "lr": lr,
-                           task.unit + "s": tokens_seen, f"{task.unit}_per_s": rate,
+                           task.units: tokens_seen, f"{task.units}_per_s": rate,
                            "elapsed_s": elapsed_before + time.time() - t_start}
+                    if info.device.type == "cuda" and family == "lm" and hasattr(raw_model, "estimate_mfu"):
+                        # sequences per iteration on this process, seconds per iteration
+                        per_iter = dt / max(it - last_log_it, 1)
+                        rec["mfu"] = float(raw_model.estimate_mfu(tc.batch_size // info.world, per_iter))
+                    last_log_it = it
                     loggers.log(rec)
                     pbar.set_postfix_str(f"loss={last_loss:.4f}, lr={lr:.2e}, {_fmt_count(rate)} {task.unit}/s",
                                          refresh=False)

@@ -1,0 +1,97 @@
+"""``dat generate CHECKPOINT --prompt TEXT``: stream a continuation to stdout (LM) or decode a target (seq2seq)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "generate text from a trained language model (streamed) or decode with a seq2seq model"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "generate", help=HELP,
+        description=HELP + ". The tokenizer saved with the checkpoint (tokenizer.json) is used; without one, "
+        "a 256-token vocabulary means bytes and a >= 50257-token vocabulary the GPT-2 tokenizer.",
+    )
+    p.add_argument("checkpoint", help="run dir, checkpoint dir or Hugging Face Hub id (owner/name)")
+    p.add_argument("--prompt", default="", help="prompt text (LM) or source sequence (seq2seq)")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default 200)")
+    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 = greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with mass >= p")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 (default cpu)")
+    p.add_argument("--no-cache", action="store_true", help="do not use the KV cache")
+    p.set_defaults(func=run)
+
+
+def _check(args, CLIError) -> None:
+    if args.max_new_tokens < 0:
+        raise CLIError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if args.temperature < 0:
+        raise CLIError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise CLIError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
+        raise CLIError(f"--top-p must be in (0, 1], got {args.top_p}")
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    import torch
+
+    from dual_attention.cli import CLIError
+    from dual_attention.training.cli_support import user_errors
+    from dual_attention.training.inference import load_trained
+    from dual_attention.training.tokenizers import StreamDecoder
+
+    _check(args, CLIError)
+    with user_errors():
+        loaded = load_trained(args.checkpoint, map_location=args.device)
+    model, tok = loaded.model, loaded.tokenizer
+    name = type(model).__name__.removesuffix("_HFHub")
+    if loaded.family == "vision":
+        raise CLIError(f"checkpoint {args.checkpoint!r} is a vision model ({name}); dat generate needs a "
+                       "language model or a seq2seq model (use dat eval)")
+    if tok is None:
+        raise CLIError(f"checkpoint {args.checkpoint!r} has no tokenizer.json and its vocabulary "
+                       "does not identify a tokenizer")
+    torch.manual_seed(args.seed)
+    gen = torch.Generator(device=args.device).manual_seed(args.seed)
+    if loaded.family == "seq2seq":
+        ids = tok.encode(args.prompt)
+        if not ids:
+            raise CLIError("--prompt (the source sequence) is empty")
+        src = torch.tensor([ids], dtype=torch.long, device=args.device)
+        out = model.generate(src, max_new_tokens=args.max_new_tokens, bos_token_id=tok.bos_token_id,
+                             eos_token_id=tok.eos_token_id, temperature=args.temperature,
+                             top_k=args.top_k, top_p=args.top_p)
+        print(tok.decode(out[0, 1:].tolist()))
+        return 0
+    from dual_attention.generation import stream_generate
+
+    ids = tok.encode(args.prompt) or tok.encode("\n")
+    idx = torch.tensor([ids], dtype=torch.long, device=args.device)
+    if int(idx.max()) >= int(model.vocab_size):
+        raise CLIError(f"the prompt has token ids >= the model's vocabulary ({model.vocab_size}): wrong tokenizer?")
+    out = sys.stdout
+    out.write(args.prompt)
+    out.flush()
+    dec = StreamDecoder(tok)
+    try:
+        for token in stream_generate(model, idx, args.max_new_tokens, temperature=args.temperature,
+                                     top_k=args.top_k, top_p=args.top_p, eos_token_id=tok.eos_token_id,
+                                     use_cache=not args.no_cache, generator=gen):
+            t = int(token[0])
+            if tok.eos_token_id is not None and t == tok.eos_token_id:
+                break
+            piece = dec.push(t)
+            if piece:
+                out.write(piece)
+                out.flush()
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    out.write(dec.flush() + "\n")
+    out.flush()
+    return 0

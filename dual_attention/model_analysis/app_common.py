@@ -1,0 +1,172 @@
+"""What the two Gradio apps share: command-line flags, model loading into a per-app store, messages, launching.
+
+Nothing here touches the network or the file system at import time; gradio itself is imported only when an app is
+built (:func:`import_gradio`), with Gradio's usage analytics off unless ``GRADIO_ANALYTICS_ENABLED`` says otherwise.
+Apps listen on 127.0.0.1 by default and open a public share link only with ``--share``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import os
+import platform
+import threading
+from typing import Any
+
+import torch
+
+__all__ = [
+    "KNOWN_HUB_MODELS",
+    "AppError",
+    "ModelStore",
+    "import_gradio",
+    "default_device",
+    "machine_info",
+    "describe_model",
+    "message",
+    "escape_markdown",
+    "build_arg_parser",
+    "launch",
+]
+
+#: the published checkpoints (offered as examples; downloaded only when the user loads one)
+KNOWN_HUB_MODELS = (
+    "awni00/DAT-sa8-ra8-ns1024-sh8-nkvh4-343M",
+    "awni00/DAT-sa16-ra16-nr128-ns2048-sh16-nkvh8-1.27B",
+    "awni00/T-sa24-757M",
+)
+
+
+class AppError(Exception):
+    """A problem the user can fix; its text is shown in the page."""
+
+
+def import_gradio():
+    """Import gradio (analytics off by default) or raise an ImportError that says how to install it."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        import gradio as gr
+    except ImportError:
+        raise ImportError("the dual_attention apps need gradio: pip install 'dual_attention[apps]'") from None
+    return gr
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def machine_info(device: str) -> str:
+    """One markdown line: device, GPU, CPU count and memory (memory only when psutil is installed)."""
+    parts = [f"device `{device}`", f"torch {torch.__version__}", f"{os.cpu_count()} CPUs"]
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        parts.insert(1, f"GPU {torch.cuda.get_device_name(torch.device(device))}")
+    try:
+        import psutil
+
+        parts.append(f"{psutil.virtual_memory().total / 2**30:.1f} GiB RAM")
+    except ImportError:
+        pass
+    parts.append(f"Python {platform.python_version()}")
+    return " · ".join(parts)
+
+
+def escape_markdown(text: str) -> str:
+    """Escape HTML and the markdown characters a path or an error message may contain (``_``, ``*``, ...)."""
+    text = html.escape(text, quote=False)
+    return "".join("\\" + ch if ch in "\\`*_{}[]()#+!|~" else ch for ch in text)
+
+
+def message(text: str, kind: str = "info") -> str:
+    """Markdown for a status area: ``kind`` is ``info``, ``ok``, ``warning`` or ``error`` (prefixed in bold)."""
+    prefix = {"error": "**Error:** ", "warning": "**Warning:** "}.get(kind, "")
+    return prefix + escape_markdown(text)
+
+
+def describe_model(loaded: Any, device: str) -> str:
+    """A one-paragraph description of a loaded model for the status area."""
+    model = loaded.model
+    name = type(model).__name__.removesuffix("_HFHub")
+    n_params = sum(p.numel() for p in model.parameters())
+    parts = [f"{name} from {loaded.source}"]
+    if hasattr(model, "n_heads_ra"):
+        parts.append(f"{model.n_layers} layers, {model.n_heads_sa} SA + {model.n_heads_ra} RA heads")
+    elif hasattr(model, "n_layers"):
+        parts.append(f"{model.n_layers} layers, {getattr(model, 'n_heads', '?')} heads")
+    if hasattr(model, "d_model"):
+        parts.append(f"d_model {model.d_model}")
+    if hasattr(model, "block_size"):
+        parts.append(f"context {model.block_size} tokens")
+    tok = loaded.tokenizer
+    if hasattr(model, "vocab_size"):
+        parts.append(f"vocabulary {model.vocab_size}" + (f" ({tok.name} tokenizer)" if tok is not None else ""))
+    parts.append(f"{n_params / 1e6:.2f}M parameters on {device}")
+    return "Loaded " + ", ".join(parts) + "."
+
+
+class ModelStore:
+    """Models loaded by an app, by the text the user typed; shared by the app's sessions (thread-safe)."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self._models: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def load(self, source: str | None, family: str = "lm") -> tuple[str, Any]:
+        """Load ``source`` (cached) and check it is a ``family`` model with a tokenizer; ``(key, LoadedModel)``.
+
+        Raises :class:`AppError` with a readable message for every failure (wrong path, not a dual_attention
+        checkpoint, corrupted file, Hub unreachable, wrong model family, no tokenizer).
+        """
+        from dual_attention.model_analysis.text import load_for_analysis
+
+        key = (source or "").strip()
+        if not key:
+            raise AppError("enter a local checkpoint directory or a Hugging Face Hub id (owner/name)")
+        with self._lock:
+            loaded = self._models.get(key)
+            if loaded is None:
+                try:
+                    loaded = load_for_analysis(key, device=self.device)
+                except Exception as e:  # noqa: BLE001 - every failure becomes a message in the page
+                    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                    raise AppError(f"could not load {key!r}: {text}") from None
+        if loaded.family != family:
+            name = type(loaded.model).__name__.removesuffix("_HFHub")
+            raise AppError(f"{key!r} is a {loaded.family} model ({name}); this app needs a language model "
+                           "(DualAttnTransformerLM or TransformerLM)")
+        if loaded.tokenizer is None:
+            raise AppError(f"{key!r} has no tokenizer.json and its vocabulary ({loaded.model.vocab_size}) does not "
+                           "identify a tokenizer")
+        with self._lock:
+            self._models[key] = loaded
+        return key, loaded
+
+    def get(self, key: str | None) -> Any:
+        """The loaded model for ``key``, or AppError asking the user to load one."""
+        with self._lock:
+            loaded = self._models.get(key or "")
+        if loaded is None:
+            raise AppError("no model loaded: enter a checkpoint and click Load model")
+        return loaded
+
+
+def build_arg_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The flags both apps take: --model, --host, --port, --share, --device."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--model", help="checkpoint to load at start: a local directory or a Hub id (owner/name)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for the network)")
+    p.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free one)")
+    p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    return p
+
+
+def launch(app: Any, host: str = "127.0.0.1", port: int | None = None, share: bool = False,
+           block: bool = True) -> Any:
+    """Queue and launch a built app (``share`` only when asked); returns what ``Blocks.launch`` returns."""
+    gr = import_gradio()
+    app.queue(default_concurrency_limit=4)
+    return app.launch(server_name=host, server_port=port, share=bool(share), prevent_thread_lock=not block,
+                      theme=gr.themes.Soft(), ssr_mode=False, quiet=not block)
