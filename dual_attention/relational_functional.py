@@ -257,18 +257,67 @@ def ra_fused(
     n_rep = n_heads // n_kv
     rel_width = k_rel.shape[-2] * k_rel.shape[-1]
     dtype = q.dtype
+    k, values = k.to(dtype), values.to(dtype)
     k_rel_v = k_rel.reshape(b, 1, lk, rel_width).to(dtype).expand(b, n_kv, lk, rel_width)
-    v = torch.cat([values.to(dtype), k_rel_v], dim=-1)  # (B, K, Lk, D + R*d_r)
+    v = torch.cat([values, k_rel_v], dim=-1)  # (B, K, Lk, D + R*d_r)
     width = v.shape[-1]
+    rebuilds = [(v, lambda: torch.cat([values, k_rel_v], dim=-1))]
     if q.device.type == "cpu" and dk < width:
+        q_in, k_in = q, k
         q, k = F.pad(q, (0, width - dk)), F.pad(k, (0, width - dk))
+        rebuilds += [(q, lambda: F.pad(q_in, (0, width - dk))), (k, lambda: F.pad(k_in, (0, width - dk)))]
     gqa = {}
     if n_rep > 1:
         if _SDPA_HAS_GQA:
             gqa["enable_gqa"] = True
         else:
             k, v = _expand_heads(k, n_rep), _expand_heads(v, n_rep)
-    out = F.scaled_dot_product_attention(q, k.to(dtype), v, attn_mask=mask, is_causal=is_causal, scale=attn_scale,
-                                         dropout_p=dropout_p, **gqa)  # (B, H, Lq, D + R*d_r)
+            rebuilds = []
+    with _SaveCompactly(rebuilds):
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=attn_scale,
+                                             dropout_p=dropout_p, **gqa)  # (B, H, Lq, D + R*d_r)
     sym, k_rel_bar = out.split([d, rel_width], dim=-1)
     return sym + relation_readout(q_rel, k_rel_bar, wr, rel_scale)
+
+
+class _SaveCompactly(torch.autograd.graph.saved_tensors_hooks):
+    """Save the padded q/k and the concatenated values of :func:`ra_fused` for backward as what rebuilds them.
+
+    The attention kernel keeps its inputs for backward. Zero-padded q/k are ``(D + R·d_r) / Dk`` times larger than
+    q/k, and the values repeat the shared relation keys at every kv head; both are rebuilt (one pad, one cat)
+    when backward needs them instead, which about halves the layer's saved activations. ``rebuilds`` holds
+    ``(tensor, rebuild)`` pairs; other saved tensors pass through. Inactive without gradients and under
+    ``torch.compile`` (whose partitioner decides what to save).
+    """
+
+    def __init__(self, rebuilds: list) -> None:
+        self.active = bool(rebuilds) and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        self.rebuilds = rebuilds if self.active else []
+
+        def pack(t: Tensor):
+            for u, rebuild in self.rebuilds:
+                if t.data_ptr() == u.data_ptr() and t.shape == u.shape and t.stride() == u.stride():
+                    return _Rebuild(rebuild)
+            return t
+
+        def unpack(saved):
+            return saved.rebuild() if isinstance(saved, _Rebuild) else saved
+
+        super().__init__(pack, unpack)
+
+    def __enter__(self):
+        if self.active:
+            super().__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.active:
+            super().__exit__(*exc)
+        self.rebuilds = []  # the hooks hold no reference to the big tensors after the kernel call
+
+
+class _Rebuild:
+    """A saved tensor replaced by the function that recomputes it."""
+
+    def __init__(self, rebuild) -> None:
+        self.rebuild = rebuild

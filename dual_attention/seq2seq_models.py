@@ -14,7 +14,6 @@ untying the two in the loaded model.
 from __future__ import annotations
 
 import warnings
-from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -241,6 +240,7 @@ class _Seq2Seq(nn.Module):
 def _add_alias_keys(module, state_dict, prefix, local_metadata) -> None:
     """Write ``layers.target_embedder.weights.*`` (aliases of ``final_out``) where the published package did."""
     items = list(state_dict.items())
+    final_out = {k: v for k, v in items if k.startswith(prefix + "layers.final_out.")}
     state_dict.clear()
     anchor = prefix + "layers.target_embedder."
     inserted = False
@@ -248,13 +248,10 @@ def _add_alias_keys(module, state_dict, prefix, local_metadata) -> None:
         state_dict[k] = v
         nxt = items[i + 1][0] if i + 1 < len(items) else ""
         if not inserted and k.startswith(anchor) and not nxt.startswith(anchor):
-            state_dict[prefix + _ALIAS + "weight"] = state_dict.get(prefix + "layers.final_out.weight",
-                                                                    module.layers.final_out.weight.detach())
-            state_dict[prefix + _ALIAS + "weight"] = module.layers.final_out.weight.detach()
-            if module.layers.final_out.bias is not None:
-                state_dict[prefix + _ALIAS + "bias"] = module.layers.final_out.bias.detach()
+            for suffix in ("weight", "bias"):
+                if prefix + "layers.final_out." + suffix in final_out:
+                    state_dict[prefix + _ALIAS + suffix] = final_out[prefix + "layers.final_out." + suffix]
             inserted = True
-    return state_dict if isinstance(state_dict, OrderedDict) else None
 
 
 class Seq2SeqTransformer(_Seq2Seq):

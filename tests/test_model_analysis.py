@@ -339,8 +339,10 @@ def test_dat_viz_vision_images(tmp_path, make_vidat, capsys):
     Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8)).save(tmp_path / "img.png")  # resized to 8x8
     for name in ("img.pt", "img.npy", "img.png"):
         out = tmp_path / f"out_{name}"
-        assert _dat("viz", str(ckpt), "--image", str(tmp_path / name), "--out", str(out), "--dpi", "30") == 0, name
-        assert sorted(p.name for p in out.iterdir()) == ["layer0_ra.png", "layer0_relations.png", "layer0_sa.png"]
+        views = [] if name == "img.pt" else ["--views", "sa"]
+        assert _dat("viz", str(ckpt), "--image", str(tmp_path / name), "--out", str(out), "--dpi", "30", *views) == 0
+        expected = ["layer0_ra.png", "layer0_relations.png", "layer0_sa.png"] if not views else ["layer0_sa.png"]
+        assert sorted(p.name for p in out.iterdir()) == expected
     assert "5 tokens" in capsys.readouterr().out  # cls + 2x2 patches
     torch.save(torch.rand(3, 4, 4), tmp_path / "small.pt")
     assert _dat("viz", str(ckpt), "--image", str(tmp_path / "small.pt"), "--out", str(tmp_path / "o")) == 2
@@ -371,8 +373,12 @@ def test_dat_viz_seq2seq(tmp_path, capsys):
     names = sorted(p.name for p in out.iterdir())
     assert "decoder_layer0_cross.png" in names and "encoder_layer0_relations.png" in names
     assert "decoder_layer0_symbols.png" in names and len(names) == 9
-    assert _dat("viz", str(ckpt), "--text", "abc", "--out", str(tmp_path / "greedy"), "--layers", "0", "--heads", "0",
+    greedy = tmp_path / "greedy"
+    assert _dat("viz", str(ckpt), "--text", "abc", "--out", str(greedy), "--views", "cross", "--heads", "1",
                 "--dpi", "30") == 0  # greedy target
+    assert sorted(p.name for p in greedy.iterdir()) == ["decoder_layer0_cross.png"]
+    assert _dat("viz", str(ckpt), "--text", "abc", "--out", str(greedy), "--views", "attn") == 2
+    assert "--views 'attn' is not valid" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------ apps (without a browser)

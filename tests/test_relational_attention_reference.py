@@ -273,6 +273,8 @@ RA_CASES = {
     "relative_compact": dict(relative="compact", is_causal=True, rope=True),
     "relative_compact_gqa_padding": dict(relative="compact", kw=dict(n_kv_heads=1), padding=True),
     "relative_tensor_sigmoid": dict(relative="tensor", kw=dict(rel_activation="sigmoid"), mask="3d"),
+    "relative_compact_gqa2": dict(relative="compact", kw=dict(n_kv_heads=2), n_heads=4, is_causal=True),
+    "relative_tensor_gqa2": dict(relative="tensor", kw=dict(n_kv_heads=2), n_heads=4),
     "everything": dict(kw=dict(n_kv_heads=2, n_relations=6, rel_proj_dim=4, total_n_heads=8, add_bias_kv=True),
                        n_heads=4, rope=True, is_causal=True, padding=True, mask="4d"),
 }
@@ -424,7 +426,7 @@ CROSS_CASES = {
     "causal": dict(is_causal=True),
     "mask_3d_rope": dict(mask="3d", rope=True),
     "padding": dict(padding=True, is_causal=True),
-    "gqa": dict(kw=dict(n_kv_heads=1), n_heads=4, rope=True, is_causal=True),
+    "gqa": dict(kw=dict(n_kv_heads=2), n_heads=4, rope=True, is_causal=True),
     "total_n_heads_bias": dict(kw=dict(total_n_heads=4, add_bias_kv=True, add_bias_out=True)),
     "relative": dict(relative="tensor", is_causal=True),
     "relative_compact_gqa": dict(relative="compact", kw=dict(n_kv_heads=1), n_heads=2, padding=True),

@@ -71,15 +71,20 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     assert state["world_size"] == 2 and len(state["rng"]) == 2
 
 
-def test_fsdp_two_processes_train_and_match_one_process(tmp_path):
-    """FSDP2 (fully_shard) on CPU/gloo: same losses as one process; the gathered checkpoint reloads strictly."""
+def test_fsdp_two_processes_train_resume_and_match_one_process(tmp_path):
+    """FSDP2 (fully_shard) on CPU/gloo, 3 steps then --resume to 6: same losses as one process running 6 steps;
+    the gathered checkpoint reloads strictly."""
     from dual_attention.hf import load_pretrained
 
+    opts = [*TINY, "optim.lr_decay_iters=6"]  # the first half must use the 6-step schedule
     single = tmp_path / "single"
-    train(load_config("vision-tiny-dat", [*TINY, f"train.out_dir={single}"]), verbose=False)
+    train(load_config("vision-tiny-dat", [*opts, f"train.out_dir={single}"]), verbose=False)
     multi = tmp_path / "fsdp"
-    proc = torchrun(["vision-tiny-dat", *[f"--{o}" for o in TINY], "--train.fsdp=true", "--out", str(multi)])
+    args = ["vision-tiny-dat", *[f"--{o}" for o in opts], "--train.fsdp=true", "--out", str(multi)]
+    proc = torchrun([*args, "--train.max_iters=3"])
     assert "x2 processes (FSDP)" in proc.stderr
+    proc = torchrun([*args, "--resume"])
+    assert "resuming at iter 3" in proc.stderr
     compare(single, multi)
     model = load_pretrained(str(multi / "checkpoint"))
     assert type(model).__name__ == "VisionDualAttnTransformer_HFHub"

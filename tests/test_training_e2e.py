@@ -234,3 +234,58 @@ def test_hf_streaming_source_trains_and_resumes_exactly(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)
     with pytest.raises(DataError, match=r"needs the datasets package: pip install 'dual_attention\[data\]'"):
         train(tiny("lm-tiny-dat", *extra), verbose=False)
+
+
+def test_file_sources_for_each_family(tmp_path, monkeypatch):
+    import sys
+
+    import numpy as np
+
+    from dual_attention.training.data import synthetic_images, synthetic_lm_text, synthetic_pairs
+    from dual_attention.training.tokenizers import DataError
+
+    text = synthetic_lm_text(300, seed=1)
+    (tmp_path / "train.txt").write_text(text)
+    (tmp_path / "val.txt").write_text(synthetic_lm_text(60, seed=2))
+    np.frombuffer(text.encode(), dtype=np.uint8).astype(np.uint16).tofile(tmp_path / "train.bin")
+    steps = ("train.max_iters=2", "train.eval_interval=2")
+    a = train(tiny("lm-tiny-dat", *steps, f"data.train={tmp_path / 'train.txt'}",
+                   f"data.val={tmp_path / 'val.txt'}"), verbose=False)
+    b = train(tiny("lm-tiny-dat", *steps, f"data.train={tmp_path / 'train.bin'}",
+                   f"data.val={tmp_path / 'val.txt'}"), verbose=False)
+    assert train_losses(a.history) == train_losses(b.history)  # same tokens from text and from the memmap
+    (tmp_path / "big.bin").write_bytes(np.array([300, 1, 2], dtype=np.uint16).tobytes())
+    with pytest.raises(DataError, match="holds token id 300 >= vocabulary 256 of tokenizer 'byte'"):
+        train(tiny("lm-tiny-dat", *steps, f"data.train={tmp_path / 'big.bin'}"), verbose=False)
+
+    pairs = synthetic_pairs(120, seed=3)
+    (tmp_path / "pairs.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in pairs))
+    (tmp_path / "src.txt").write_text("".join(s + "\n" for s, _ in pairs))
+    (tmp_path / "tgt.txt").write_text("".join(t + "\n" for _, t in pairs))
+    c = train(tiny("seq2seq-tiny-transformer", *steps, f"data.train={tmp_path / 'pairs.tsv'}"), verbose=False)
+    d = train(tiny("seq2seq-tiny-transformer", *steps, f"data.train={tmp_path / 'src.txt'},{tmp_path / 'tgt.txt'}"),
+              verbose=False)
+    assert train_losses(c.history) == train_losses(d.history)
+    assert c.config.model.in_block_size == max(len(s) for s, _ in pairs)
+
+    x, y = synthetic_images(100, seed=4)
+    torch.save({"images": (x * 255).to(torch.uint8), "labels": y}, tmp_path / "img.pt")
+    e = train(tiny("vision-tiny-transformer", *steps, f"data.train={tmp_path / 'img.pt'}"), verbose=False)
+    assert e.config.model.image_shape == [3, 16, 16] and e.config.model.num_classes == 2
+    (tmp_path / "folder" / "cat").mkdir(parents=True)
+    monkeypatch.setitem(sys.modules, "PIL", None)  # as on a machine without Pillow
+    with pytest.raises(DataError, match=r"reading image folders needs Pillow \(pip install pillow\); or give a .pt"):
+        train(tiny("vision-tiny-transformer", *steps, f"data.train={tmp_path / 'folder'}"), verbose=False)
+
+
+def test_optional_loggers_warn_when_missing(tmp_path, capsys):
+    import importlib.util
+
+    res = train(tiny("vision-tiny-transformer", "train.max_iters=2", "train.eval_interval=0",
+                     "train.tensorboard=true", out=tmp_path / "run"), verbose=True)
+    assert res.iters == 2
+    err = capsys.readouterr().err
+    if importlib.util.find_spec("tensorboard") is None:
+        assert "train.tensorboard=true but tensorboard is not installed (pip install tensorboard); skipping" in err
+    else:
+        assert (tmp_path / "run" / "tensorboard").is_dir()

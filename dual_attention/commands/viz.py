@@ -23,6 +23,7 @@ def register(subparsers) -> None:
     p.add_argument("--layers", help="layers to draw, e.g. 0,2 or 0-3 (default all)")
     p.add_argument("--heads", help="attention heads to draw, e.g. 0,1 (default all)")
     p.add_argument("--relations", help="relations to draw, e.g. 0-3 (default all)")
+    p.add_argument("--views", help="comma-separated subset of sa,ra,relations,symbols,cross (default all)")
     p.add_argument("--postprocess", default="None",
                    choices=("None", "Clip", "Sign", "Sigmoid-Normalize", "Softmax-Normalize"),
                    help="relation post-processor, applied after --scale (default None)")
@@ -47,11 +48,19 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("dat viz needs matplotlib: pip install 'dual_attention[plot]'") from None
     from dual_attention.model_analysis.viz import parse_indices, run_viz
 
+    views = None
+    if args.views:
+        views = [v.strip() for v in args.views.split(",") if v.strip()]
+        bad = [v for v in views if v not in ("sa", "ra", "relations", "symbols", "cross")]
+        if bad or not views:
+            raise CLIError(f"--views {args.views!r} is not valid; use a comma-separated subset of "
+                           "sa,ra,relations,symbols,cross")
+
     try:
         result = run_viz(args.checkpoint, args.out, text=args.text, image=args.image, target=args.target,
                          layers=parse_indices(args.layers, "--layers"), heads=parse_indices(args.heads, "--heads"),
                          relations=parse_indices(args.relations, "--relations"), postprocess=args.postprocess,
-                         scale=args.scale, device=args.device, dpi=args.dpi)
+                         scale=args.scale, device=args.device, dpi=args.dpi, views=views)
     except ValueError as e:  # CheckpointError, DataError, VizInputError, model input errors
         raise CLIError(str(e).strip().splitlines()[0]) from None
     except OSError as e:

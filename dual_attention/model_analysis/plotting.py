@@ -86,7 +86,7 @@ def heatmap_grid(
     shown = min(k, max_panels)
     ncols = min(shown, 4)
     nrows = math.ceil(shown / ncols)
-    panel = min(max(0.22 * max(n, m) + 1.6, 3.2), 9.0)
+    panel = min(max(0.22 * max(n, m) + 1.6, 3.2), 9.0, 28.0 / ncols)  # inches; at most ~28 in wide
     fig = Figure(figsize=(panel * ncols + 0.8, panel * nrows + (0.8 if suptitle else 0.3)), layout="constrained")
     fontsize = min(max(11 - max(n, m) / 8, 5), 10)
     hide_np = None if hide is None else _as_numpy(hide).astype(bool)
@@ -238,13 +238,19 @@ def write_viz_pngs(
     scale: float = 1.0,
     dpi: int = 110,
     model_name: str = "",
+    views: Sequence[str] | None = None,
 ) -> list[Path]:
     """Write one PNG per layer and view into ``out_dir``; returns the paths.
 
     Names: ``layer{ℓ}_{view}.png`` (LM, vision) or ``{encoder|decoder}_layer{ℓ}_{view}.png`` (seq2seq), with view in
-    ``sa``, ``ra``, ``relations``, ``symbols``, ``cross``. ``labels`` maps each stack (``'blocks'``, ``'encoder'``,
-    ``'decoder'``) to its token labels.
+    ``sa``, ``ra``, ``relations``, ``symbols``, ``cross`` (``views`` selects some; default all). ``labels`` maps each
+    stack (``'blocks'``, ``'encoder'``, ``'decoder'``) to its token labels.
     """
+    file_views = ("sa", "ra", "relations", "symbols", "cross")
+    views = file_views if views is None else tuple(views)
+    bad = [v for v in views if v not in file_views]
+    if bad:
+        raise ValueError(f"views={bad} not valid; allowed: {', '.join(file_views)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -255,7 +261,7 @@ def write_viz_pngs(
         for i in chosen:
             layer = stack_layers[i]
             prefix = f"layer{i}" if stack == "blocks" else f"{stack}_layer{i}"
-            for view in ("sa", "ra", "relations", "symbols", "cross"):
+            for view in views:
                 view_heads = _fit(heads, layer, view) if view in ("sa", "ra", "cross") else None
                 view_relations = _fit(relations, layer, "relations")
                 if view_heads == [] or (view == "relations" and view_relations == []):

@@ -135,6 +135,7 @@ def run_viz(
     scale: float = 1.0,
     device: str = "cpu",
     dpi: int = 110,
+    views: Sequence[str] | None = None,
 ) -> VizResult:
     """Load ``source``, analyse ``text`` (LM, seq2seq) or ``image`` (vision), write the PNGs into ``out_dir``."""
     from dual_attention.model_analysis.plotting import patch_labels, write_viz_pngs
@@ -182,7 +183,7 @@ def run_viz(
                             f"(0-{n_layers - 1})")
     _check_heads(analysis, heads, relations)
     files = write_viz_pngs(analysis, labels, out_dir, layers=layers, heads=heads, relations=relations,
-                           postprocess=postprocess, scale=scale, dpi=dpi, model_name=name)
+                           postprocess=postprocess, scale=scale, dpi=dpi, model_name=name, views=views)
     return VizResult(analysis, labels, files, name)
 
 

@@ -114,8 +114,8 @@ def _is_run_dir(p: Path) -> bool:
     return any((p / m).exists() for m in _RUN_MARKERS)
 
 
-def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, info: D.DistInfo) -> None:
-    """Check (on every process) and create/clear (on rank 0) the run directory."""
+def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
+    """Check the run directory (read-only, on every process); True if it must be cleared first."""
     exists = run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir()))
     if resume:
         if find_checkpoint(run_dir) is None:
@@ -131,11 +131,16 @@ def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, info: D.DistI
             raise RunDirError(
                 f"refusing to overwrite {str(run_dir)!r}: it is not empty and does not look like a run dir"
             )
-        D.barrier(info)
-        if info.is_main:
-            shutil.rmtree(run_dir)
+        return True
+    return False
+
+
+def _create_run_dir(run_dir: Path, clear: bool, info: D.DistInfo) -> None:
+    """Clear (with overwrite) and create the run directory on rank 0, once everything else was validated."""
     D.barrier(info)
     if info.is_main:
+        if clear:
+            shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
     D.barrier(info)
 
@@ -340,8 +345,8 @@ def _train(cfg: Config, info: D.DistInfo, train_data, val_data, test_data, resum
     run_dir = Path(tc.out_dir) if tc.out_dir else None
     if resume and run_dir is None:
         raise RunDirError("resume needs train.out_dir (the run directory to continue)")
-    if run_dir is not None:
-        _prepare_run_dir(run_dir, resume, overwrite, info)
+    clear = _check_run_dir(run_dir, resume, overwrite) if run_dir is not None else False
+    amp_dtype = _resolve_dtype(tc.dtype, info.device)
 
     ckpt_dir = find_checkpoint(run_dir) if (resume and run_dir is not None) else None
     state = load_trainer_state(ckpt_dir) if ckpt_dir is not None else None
@@ -384,6 +389,8 @@ def _train(cfg: Config, info: D.DistInfo, train_data, val_data, test_data, resum
                 f"cannot load {ckpt_dir / 'model.safetensors'} ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
             ) from None
     n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    if run_dir is not None:
+        _create_run_dir(run_dir, clear, info)
     model.to(info.device)
     raw_model = model
 
@@ -408,7 +415,6 @@ def _train(cfg: Config, info: D.DistInfo, train_data, val_data, test_data, resum
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_at(step, cfg) / cfg.optim.learning_rate
     )
-    amp_dtype = _resolve_dtype(tc.dtype, info.device)
     scaler = torch.amp.GradScaler(info.device.type, enabled=amp_dtype == torch.float16)
 
     def autocast():
