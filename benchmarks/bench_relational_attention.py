@@ -7,7 +7,7 @@ machine hits both):
 * ``layer``: one RelationalAttention layer (d_model 256, 4 RA heads of width 32 beside 4 SA heads, R = 4, causal,
   RoPE, batch 4), forward + backward, the published-style plain path (α and the relations materialised, as the
   published package always did) against the fast path ``implementation='auto'`` (one fused SDPA call). With
-  ``--relative``, position-relative symbols too (plain against the query-blocked path).
+  ``--relative``, position-relative symbols too (the published ``[n, n, d]`` symbol tensor against the fast path).
 * ``lm``: DualAttnTransformerLM (d 256, 4 layers, 4 SA + 4 RA heads, symbolic attention, RoPE) against
   TransformerLM (d 256, 4 layers, 8 heads, same dff/activation), one training step (forward + loss + backward).
 * ``generate``: tokens/s of greedy generation of ``--new-tokens`` tokens after a ``--prompt``-token prompt with
@@ -68,7 +68,11 @@ def _autocast(args):
 
 
 def build_layer_case(name: str, n: int, args) -> Case:
-    """``name`` in plain, fast, blocked, rel-plain, rel-fast: one RA layer, forward + backward."""
+    """``name`` in plain, fast, blocked, rel-published, rel-plain, rel-fast: one RA layer, forward + backward.
+
+    ``rel-published`` feeds the published ``[n, n, d]`` relative-symbol tensor (what the published retriever
+    returned, projected by W_s pair by pair); the others the compact ``2M+1`` table.
+    """
     from dual_attention.attention_utils import precompute_freqs_cis
     from dual_attention.relational_attention import RelationalAttention
     from dual_attention.symbol_retrieval import PositionRelativeSymbolRetriever
@@ -78,12 +82,12 @@ def build_layer_case(name: str, n: int, args) -> Case:
     layer = RelationalAttention(D_MODEL, HEADS_RA, total_n_heads=HEADS_SA + HEADS_RA,
                                 use_relative_positional_symbols=relative).to(args.device)
     impl = name.removeprefix("rel-")
-    need_weights = impl == "plain"
-    layer.implementation = {"plain": "plain", "fast": "auto", "blocked": "blocked"}[impl]
+    need_weights = impl in ("plain", "published")
+    layer.implementation = {"plain": "plain", "published": "plain", "fast": "auto", "blocked": "blocked"}[impl]
     x = torch.randn(args.batch, n, D_MODEL, device=args.device, requires_grad=True)
     if relative:
         retriever = PositionRelativeSymbolRetriever(D_MODEL, 64).to(args.device)
-        symbols = retriever.retrieve(x)
+        symbols = None  # built in each step: [n, n, d] (published) or the compact table
         freqs = (None, None)
     else:
         symbols = torch.randn(args.batch, n, D_MODEL, device=args.device)
@@ -94,7 +98,11 @@ def build_layer_case(name: str, n: int, args) -> Case:
         layer.zero_grad(set_to_none=True)
         x.grad = None
         with _autocast(args):
-            out, *_ = layer(x, symbols, *freqs, is_causal=True, need_weights=need_weights)
+            s = symbols
+            if relative:
+                retriever.zero_grad(set_to_none=True)
+                s = retriever(x) if impl == "published" else retriever.retrieve(x)
+            out, *_ = layer(x, s, *freqs, is_causal=True, need_weights=need_weights)
         out.float().square().mean().backward()
 
     return Case(step)
@@ -140,18 +148,23 @@ def _sync(args) -> None:
         torch.cuda.synchronize()
 
 
+def _clock(args):
+    return time.process_time if args.timer == "cpu" else time.perf_counter
+
+
 def time_interleaved(cases: dict[str, Case], args) -> dict[str, float]:
     """Seconds per step of each case: one warm-up, then ``repeats`` rounds, cases alternating; the minimum."""
     times: dict[str, list[float]] = {name: [] for name in cases}
+    clock = _clock(args)
     for case in cases.values():
         case.step()
     for _ in range(args.repeats):
         for name, case in cases.items():
             _sync(args)
-            start = time.perf_counter()
+            start = clock()
             case.step()
             _sync(args)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {name: min(ts) for name, ts in times.items()}
 
 
@@ -225,7 +238,8 @@ def run_pair_section(section: str, names: tuple[str, str], labels: tuple[str, st
     print("|---:|---:|---:|---:|---:|---:|---:|")
     rows = []
     for n in args.sizes:
-        skip_a = section == "layer" and a.endswith("plain") and n > args.max_plain
+        skip_a = section == "layer" and (a == "plain" and n > args.max_plain
+                                         or a == "rel-published" and n > args.max_published)
         cases = {name: BUILDERS[section](name, n, args) for name in names if not (skip_a and name == a)}
         times = time_interleaved(cases, args)
         del cases
@@ -243,28 +257,42 @@ def run_generation(args) -> list[dict]:
     from dual_attention.generation import generate
 
     model = build_lm("dat", args, args.prompt + args.new_tokens).eval()
-    print("\n| batch | cached tokens/s | uncached tokens/s | speed-up | same tokens |")
-    print("|---:|---:|---:|---:|:---:|")
+    modes = {"cached": dict(use_cache=True)}
+    if args.compile_decoding:
+        modes["cached+compiled"] = dict(use_cache=True, compile_decoding=True)
+    modes["uncached"] = dict(use_cache=False)
+    print("\n| batch | " + " | ".join(f"{m} tokens/s" for m in modes) + " | "
+          + " | ".join(f"{m} speed-up" for m in modes if m != "uncached") + " | same tokens |")
+    print("|---:|" + "---:|" * (2 * len(modes) - 1) + ":---:|")
+    clock = _clock(args)
     rows = []
     for batch in args.gen_batches:
         g = torch.Generator().manual_seed(2)
         prompt = torch.randint(0, VOCAB, (batch, args.prompt), generator=g).to(args.device)
-        out, rates = {}, {}
-        for use_cache in (True, False):
+        out, rates, warmup = {}, {}, {}
+        for mode, kwargs in modes.items():
+            if "compile_decoding" in kwargs:  # compile (and cache the compiled step) outside the timing
+                start = time.perf_counter()
+                with _autocast(args):
+                    generate(model, prompt, args.new_tokens, temperature=0.0, **kwargs)
+                warmup[mode] = time.perf_counter() - start
             best = float("inf")
             for _ in range(args.gen_repeats):
                 _sync(args)
-                start = time.perf_counter()
+                start = clock()
                 with _autocast(args):
-                    out[use_cache] = generate(model, prompt, args.new_tokens, temperature=0.0, use_cache=use_cache)
+                    out[mode] = generate(model, prompt, args.new_tokens, temperature=0.0, **kwargs)
                 _sync(args)
-                best = min(best, time.perf_counter() - start)
-            rates[use_cache] = batch * args.new_tokens / best
-        same = bool(torch.equal(out[True], out[False]))
-        rows.append(dict(batch=batch, cached_tokens_per_s=rates[True], uncached_tokens_per_s=rates[False],
-                         same_tokens=same))
-        print(f"| {batch} | {rates[True]:,.0f} | {rates[False]:,.0f} | {rates[True] / rates[False]:.1f}× | "
-              f"{'yes' if same else 'NO'} |", flush=True)
+                best = min(best, clock() - start)
+            rates[mode] = batch * args.new_tokens / best
+        same = all(torch.equal(o, out["uncached"]) for o in out.values())
+        rows.append(dict(batch=batch, tokens_per_s=rates, same_tokens=same, compile_seconds=warmup))
+        speedups = [f"{rates[m] / rates['uncached']:.1f}×" for m in modes if m != "uncached"]
+        print(f"| {batch} | " + " | ".join(f"{rates[m]:,.0f}" for m in modes) + " | " + " | ".join(speedups)
+              + f" | {'yes' if same else 'NO'} |", flush=True)
+    for row in rows:
+        for mode, seconds in row["compile_seconds"].items():
+            print(f"\n(batch {row['batch']}: the first {mode} generation, which compiles, took {seconds:.0f} s)")
     return rows
 
 
@@ -297,7 +325,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed steps per case, after one warm-up (default 3)")
     p.add_argument("--gen-repeats", type=int, default=1, help="timed generations per case (default 1)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--timer", choices=("wall", "cpu"), default="wall",
+                   help="wall clock (default) or process CPU time: robust on a shared machine with --threads 1")
+    p.add_argument("--compile-decoding", action="store_true",
+                   help="also time generation with the cached step compiled by torch.compile (compile excluded)")
     p.add_argument("--max-plain", type=int, default=4096, help="skip the plain RA layer above this n")
+    p.add_argument("--max-published", type=int, default=1024,
+                   help="skip the published-style relative layer above this n (it holds n·n·d symbols)")
     p.add_argument("--relative", action="store_true", help="also benchmark position-relative symbols")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     p.add_argument("--json", default=None, help="also write all rows to this JSON file")
@@ -325,17 +359,17 @@ def main(argv=None) -> int:
         print(json.dumps({"peak_bytes": measure_memory_here(section, name, int(n), args)}))
         return 0
     print(f"torch {torch.__version__}, device {args.device}, dtype {args.dtype}, threads {torch.get_num_threads()}, "
-          f"batch {args.batch}; times are the fastest of {args.repeats} steps after a warm-up, measured "
-          "alternately; peak memory is the extra memory of one step"
+          f"batch {args.batch}; times ({args.timer}) are the fastest of {args.repeats} steps after a warm-up, "
+          "measured alternately; peak memory is the extra memory of one step"
           + ("" if args.device == "cuda" else " (resident set, fresh subprocess per case)"))
     results: dict[str, list] = {}
     if "layer" in args.sections:
         print("\n### (a) Relational attention layer, forward + backward: plain (published) vs fast")
         results["layer"] = run_pair_section("layer", ("plain", "fast"), ("plain", "fast"), args)
         if args.relative:
-            print("\n#### position-relative symbols: plain vs query-blocked")
-            results["layer_relative"] = run_pair_section("layer", ("rel-plain", "rel-fast"),
-                                                         ("plain", "blocked"), args)
+            print("\n#### position-relative symbols (M = 64): published [n, n, d] symbols vs the fast path")
+            results["layer_relative"] = run_pair_section("layer", ("rel-published", "rel-fast"),
+                                                         ("published", "fast"), args)
     if "lm" in args.sections:
         print("\n### (b) Language model training step: DAT-LM vs Transformer-LM (same width, depth, heads)")
         results["lm"] = run_pair_section("lm", ("dat", "transformer"), ("DAT-LM", "Transformer-LM"), args)

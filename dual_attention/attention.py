@@ -25,6 +25,7 @@ from dual_attention._validation import (
 )
 from dual_attention.attention_utils import apply_rotary_emb, build_attn_mask, mask_to_additive, repeat_kv
 from dual_attention.kv_cache import KVCache, StaticCache
+from dual_attention.relational_functional import DECODE_MAX_QUERIES
 
 
 def check_head_geometry(d_model: int, n_heads: int, total_n_heads: int | None, n_kv_heads: int | None) -> None:
@@ -169,7 +170,7 @@ class Attention(nn.Module):
         q_pos = input_pos if isinstance(kv_cache, KVCache) else None
         mask, causal = build_attn_mask(attn_mask, is_causal, key_padding_mask, lq, lk, q_pos=q_pos,
                                        device=q.device, batch_size=b, n_heads=self.n_heads)
-        if need_weights:
+        if need_weights or (q_pos is not None and lq <= DECODE_MAX_QUERIES):  # weights, or a cached decoding step
             logits = torch.matmul(q, k.transpose(-2, -1)) * self.attn_scale  # (B, H, Lq, Lk)
             if causal:
                 mask = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril()
@@ -177,6 +178,7 @@ class Attention(nn.Module):
                 logits = logits + mask_to_additive(mask, logits.dtype)
             weights = self.attn_dropout(torch.softmax(logits, dim=-1))
             out = torch.matmul(weights, v)  # (B, H, Lq, D)
+            weights = weights if need_weights else None
         else:
             weights = None
             out = F.scaled_dot_product_attention(

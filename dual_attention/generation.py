@@ -4,6 +4,10 @@ A model usable here provides ``forward(idx, *, kv_cache=None, input_pos=None, ke
 ``(logits, _)``, ``block_size``, ``supports_kv_cache`` and ``init_kv_cache(batch_size, max_len, device, dtype)``.
 With the cache, the prompt is run once (prefill) and each new token costs one single-position step; without it
 (or past ``block_size``) the last ``block_size`` tokens are re-run for every token, as the published package did.
+
+The cache buffers are preallocated and every decoding step has the same shapes, so ``compile_decoding=True`` runs
+the step through ``torch.compile`` (one graph, no graph breaks, compiled once per model and batch shape and reused
+by later calls): on a CPU it removes most of the per-step overhead of small models (``docs/performance.md``).
 """
 
 from __future__ import annotations
@@ -54,6 +58,29 @@ def _check_prompt(idx: Tensor, max_new_tokens: int) -> None:
         raise ValueError(f"max_new_tokens={max_new_tokens!r} is not valid; it must be an int >= 0")
 
 
+def _decode_step(model, token: Tensor, cache, input_pos: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+    """One cached decoding step: logits ``(B, V)`` of the token ``(B, 1)`` at position ``input_pos (1,)``."""
+    logits, _ = model(token, kv_cache=cache, input_pos=input_pos, key_padding_mask=key_padding_mask)
+    return logits[:, -1]
+
+
+_compiled_decode_step = None
+#: with ``compile_decoding`` the cache length is rounded up to a multiple of this (fewer recompilations)
+_COMPILED_LENGTH_MULTIPLE = 128
+
+
+def compiled_decode_step():
+    """:func:`_decode_step` through ``torch.compile`` (fullgraph, static shapes), built on first use.
+
+    The model and its cache are arguments, not constants, so one compiled step serves every cache object of the
+    same shapes (a new ``generate`` call does not recompile).
+    """
+    global _compiled_decode_step
+    if _compiled_decode_step is None:
+        _compiled_decode_step = torch.compile(_decode_step, dynamic=False, fullgraph=True)
+    return _compiled_decode_step
+
+
 @torch.no_grad()
 def stream_generate(
     model,
@@ -66,11 +93,13 @@ def stream_generate(
     use_cache: bool = True,
     generator: torch.Generator | None = None,
     key_padding_mask: Tensor | None = None,
+    compile_decoding: bool = False,
 ) -> Iterator[Tensor]:
     """Yield one new token per row ``(B,)`` per step, up to ``max_new_tokens`` or until every row hit EOS.
 
     Rows that already produced ``eos_token_id`` keep yielding it. ``key_padding_mask (B, T)`` marks real prompt
-    tokens (True) for left-padded batches of prompts.
+    tokens (True) for left-padded batches of prompts. ``compile_decoding`` compiles the cached one-token step
+    (see the module docstring); it changes no result beyond float rounding.
     """
     _check_prompt(idx, max_new_tokens)
     if max_new_tokens == 0:
@@ -85,7 +114,10 @@ def stream_generate(
     cached = use_cache and getattr(model, "supports_kv_cache", False)
     seq, pad = idx, key_padding_mask
     if cached:
-        max_len = min(block_size, t + max_new_tokens)
+        max_len = t + max_new_tokens
+        if compile_decoding:  # round the cache up, so that other lengths reuse the compiled step
+            max_len = -(-max_len // _COMPILED_LENGTH_MULTIPLE) * _COMPILED_LENGTH_MULTIPLE
+        max_len = min(block_size, max_len)
         param = next(model.parameters())
         cache = model.init_kv_cache(b, max_len, device=idx.device, dtype=param.dtype)
         full_pad = None
@@ -96,24 +128,25 @@ def stream_generate(
                           key_padding_mask=full_pad)
     else:
         logits, _ = model(idx, key_padding_mask=key_padding_mask)
-    for _ in range(max_new_tokens):
-        token = sample_next_token(logits[:, -1], temperature, top_k, top_p, generator)
+    step_fn = compiled_decode_step() if cached and compile_decoding else _decode_step
+    logits = logits[:, -1]
+    for i in range(max_new_tokens):
+        token = sample_next_token(logits, temperature, top_k, top_p, generator)
         if eos_token_id is not None:
             token = torch.where(done, torch.full_like(token, eos_token_id), token)
             done = done | (token == eos_token_id)
         yield token
-        if eos_token_id is not None and bool(done.all()):
+        if i == max_new_tokens - 1 or (eos_token_id is not None and bool(done.all())):
             return
         seq = torch.cat([seq, token[:, None]], dim=1)
         if pad is not None:
             pad = torch.cat([pad, torch.ones(b, 1, dtype=torch.bool, device=pad.device)], dim=1)
         pos = seq.shape[1] - 1
         if cached and pos < max_len:
-            logits, _ = model(token[:, None], kv_cache=cache, input_pos=torch.tensor([pos], device=idx.device),
-                              key_padding_mask=full_pad)
+            logits = step_fn(model, token[:, None], cache, torch.tensor([pos], device=idx.device), full_pad)
         else:  # no cache, or the context is full: re-run the last block_size tokens
             window = seq[:, -block_size:]
-            logits, _ = model(window, key_padding_mask=None if pad is None else pad[:, -block_size:])
+            logits = model(window, key_padding_mask=None if pad is None else pad[:, -block_size:])[0][:, -1]
 
 
 @torch.no_grad()

@@ -59,14 +59,21 @@ class KVCache(nn.Module):
         return buf.transpose(1, 2) if name in self.head_major else buf  # (B, max_len, heads, dim)
 
     def update(self, name: str, input_pos: Tensor, value: Tensor) -> Tensor:
-        """Write ``value (B, L, *shape)`` at positions ``input_pos (L,)``; return the full buffer (see :meth:`buffer`)."""
+        """Write ``value (B, L, *shape)`` at positions ``input_pos (L,)``; return the whole buffer (:meth:`buffer`)."""
         buf = self.buffer(name)
         if value.shape[0] != buf.shape[0] or value.shape[2:] != buf.shape[2:]:
             raise ValueError(
                 f"cache buffer {name!r} holds (B={buf.shape[0]}, *{tuple(buf.shape[2:])}) per position, "
                 f"got a value of shape {tuple(value.shape)}"
             )
-        buf.index_copy_(1, input_pos, value.to(buf.dtype))
+        storage: Tensor = getattr(self, name)
+        value = value.to(storage.dtype)
+        # write into the storage itself, not through the transposed view: under torch.compile a write through a
+        # view becomes a copy of the whole buffer, a direct index_copy_ stays in place
+        if name in self.head_major:
+            storage.index_copy_(2, input_pos, value.transpose(1, 2))  # (B, heads, L, dim)
+        else:
+            storage.index_copy_(1, input_pos, value)
         return buf
 
     def reset(self) -> None:

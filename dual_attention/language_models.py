@@ -199,15 +199,17 @@ class _LanguageModel(nn.Module):
         use_cache: bool = True,
         generator: torch.Generator | None = None,
         key_padding_mask: Tensor | None = None,
+        compile_decoding: bool = False,
     ) -> Tensor:
         """Continue ``idx (B, T)`` by ``max_new_tokens`` tokens → ``(B, T + new)``.
 
         ``temperature=0`` is greedy; ``top_k``/``top_p`` restrict sampling; generation stops early once every row
-        has emitted ``eos_token_id``. Uses the KV cache unless ``use_cache=False``.
+        has emitted ``eos_token_id``. Uses the KV cache unless ``use_cache=False``; ``compile_decoding`` runs the
+        cached step through ``torch.compile`` (see :mod:`dual_attention.generation`).
         """
         return _generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                          eos_token_id=eos_token_id, use_cache=use_cache, generator=generator,
-                         key_padding_mask=key_padding_mask)
+                         key_padding_mask=key_padding_mask, compile_decoding=compile_decoding)
 
     # ------------------------------------------------------------------------------------------------ counting
     def get_num_params(self, non_embedding: bool = True) -> int:
@@ -312,7 +314,7 @@ class DualAttnTransformerLM(_LanguageModel):
                                                  "(symbol_retriever_config['weight_tie_symbol_library']=True)")
                 for r in retrievers[1:]:
                     r.symbol_library = retrievers[0].symbol_library
-        check_retriever_fits(retrievers[0], d_model, max_block_size, "symbol_retrieval_kwargs")
+        check_retriever_fits(retrievers[0], d_model, None, "symbol_retrieval_kwargs")
 
         self.layers = nn.ModuleDict(dict(
             token_embedder=nn.Embedding(vocab_size, d_model),

@@ -35,9 +35,12 @@ from dual_attention.relational_functional import (
     DECODE_MAX_QUERIES,
     RelativeSymbolValues,
     attend_values,
+    map_query_blocks,
+    prefer_tiled,
     ra_blocked,
     ra_fused,
     ra_plain,
+    ra_tiled,
 )
 from dual_attention.symbol_retrieval import RelativeSymbols
 
@@ -150,7 +153,7 @@ class RelationalAttention(nn.Module):
         self.wo = nn.Linear(n_heads * self.head_dim, n_heads * self.head_dim, bias=add_bias_out)
         self.attn_dropout = nn.Dropout(dropout)
         self.resid_dropout = nn.Dropout(dropout)
-        #: "auto" (fused when exact), "fused", "blocked" or "plain"; see :meth:`forward`
+        #: "auto" (tiled or fused when exact), "fused", "tiled", "blocked" or "plain"; see :meth:`choose_implementation`
         self.implementation = "auto"
 
     # ---------------------------------------------------------------------------------------------- cache
@@ -176,13 +179,20 @@ class RelationalAttention(nn.Module):
 
     def choose_implementation(self, need_weights: bool, symbols, q_len: int | None = None) -> str:
         """The implementation ``forward`` uses: ``implementation`` unless it is ``'auto'``, which picks ``'plain'``
-        for the weights or a few queries (cached decoding steps), ``'fused'`` where it is exact, else ``'blocked'``."""
+        for the weights or a few queries (cached decoding steps), ``'tiled'`` or ``'fused'`` where they are exact
+        (see :func:`~dual_attention.relational_functional.prefer_tiled`; ``'tiled'`` also takes compact
+        position-relative symbols), else ``'blocked'``."""
         if self.implementation != "auto":
             return self.implementation
         if need_weights or (q_len is not None and q_len <= DECODE_MAX_QUERIES):
             return "plain"
-        if self.rel_activation_name == "identity" and not self.use_relative_positional_symbols:
-            return "fused"
+        if self.rel_activation_name == "identity":
+            weight = self.wq_attn.weight
+            tiled = prefer_tiled(weight.device, weight.dtype, self.training and self.dropout > 0)
+            if not self.use_relative_positional_symbols:
+                return "tiled" if tiled else "fused"
+            if tiled and not isinstance(symbols, Tensor):  # compact relative symbols (not a published [n, n, d])
+                return "tiled"
         return "blocked"
 
     def forward(
@@ -246,12 +256,25 @@ class RelationalAttention(nn.Module):
 
         impl = self.choose_implementation(need_weights, symbols, n if kv_cache is not None else None)
         attn = relations = None
-        if impl == "fused":
-            if self.rel_activation_name != "identity" or not isinstance(values, Tensor) or values.dim() != 4:
-                raise ValueError("the fused implementation needs rel_activation='identity' and per-token symbols")
-            out = ra_fused(q, k, q_rel, k_rel, values, self.wr, attn_scale=self.attn_scale,
-                           rel_scale=self.rel_scale, dropout_p=self.dropout if self.training else 0.0,
-                           mask=mask, is_causal=causal)
+        if impl in ("fused", "tiled"):
+            per_token = isinstance(values, Tensor) and values.dim() == 4
+            relative = impl == "tiled" and isinstance(values, RelativeSymbolValues)
+            if self.rel_activation_name != "identity" or not (per_token or relative):
+                allowed = "per-token or compact position-relative" if impl == "tiled" else "per-token"
+                raise ValueError(f"the {impl} implementation needs rel_activation='identity' and {allowed} symbols")
+            if relative and q_pos is not None:  # the tiles put the queries at 0..n-1: a cached prefill is blocked
+                impl = "blocked"
+        if impl in ("fused", "tiled"):
+            dropout_p = self.dropout if self.training else 0.0
+            if impl == "tiled":
+                if dropout_p > 0:
+                    raise ValueError("the tiled implementation has no attention dropout; use 'fused' or 'blocked' "
+                                     f"when training with dropout={self.dropout}")
+                out = ra_tiled(q, k, q_rel, k_rel, values, self.wr, attn_scale=self.attn_scale,
+                               rel_scale=self.rel_scale, mask=mask, is_causal=causal)
+            else:
+                out = ra_fused(q, k, q_rel, k_rel, values, self.wr, attn_scale=self.attn_scale,
+                               rel_scale=self.rel_scale, dropout_p=dropout_p, mask=mask, is_causal=causal)
         else:
             kwargs = dict(attn_scale=self.attn_scale, rel_scale=self.rel_scale, rel_activation=self.rel_activation,
                           attn_dropout=self.attn_dropout, mask=mask, is_causal=causal, q_pos=q_pos)
@@ -261,7 +284,8 @@ class RelationalAttention(nn.Module):
             elif impl == "blocked":
                 out = ra_blocked(q, k, q_rel, k_rel, values, self.wr, block_size=PLAIN_BLOCK_SIZE, **kwargs)
             else:
-                raise ValueError(f"implementation={impl!r} is not valid; allowed: 'auto', 'fused', 'blocked', 'plain'")
+                raise ValueError(f"implementation={impl!r} is not valid; allowed: 'auto', 'fused', 'tiled', 'blocked', "
+                                 "'plain'")
         out = out.transpose(1, 2).reshape(b, n, self.n_heads * self.head_dim)  # (B, n, H*D)
         out = self.resid_dropout(self.wo(out))
         if not need_weights:
@@ -372,18 +396,29 @@ class RelationalCrossAttention(_CrossAttentionBase):
                 q, k, repeat_kv(values.transpose(1, 2), self.n_rep_kv).transpose(1, 2), attn_mask=mask,
                 is_causal=causal, scale=self.attn_scale, dropout_p=self.dropout if self.training else 0.0)
             return self._finish(out, b, n), None
-        if causal:
-            mask = compute_causal_mask(n, device=x.device)[None, None]
-        logits = torch.matmul(q, k.transpose(-2, -1)) * self.attn_scale  # (B, H, n, n)
-        if softmax:
-            scores = torch.softmax(logits + mask_to_additive(mask, logits.dtype) if mask is not None else logits, -1)
-        else:
-            scores = self.activation(logits)
-            if mask is not None:
-                scores = scores * (mask if mask.dtype == torch.bool else torch.isfinite(mask)).to(scores.dtype)
-        scores = self.attn_dropout(scores)
-        out = attend_values(scores, values, torch.arange(n, device=x.device))  # (B, H, n, D)
-        return self._finish(out, b, n), scores if need_weights else None
+        positions = torch.arange(n, device=x.device)
+
+        def attend(start: int, end: int, q_b: Tensor) -> tuple[Tensor, Tensor]:
+            """Output and weights of the queries ``start:end`` (all of them when the weights are asked for)."""
+            m = None if mask is None else (mask if mask.shape[-2] == 1 else mask[..., start:end, :])
+            if causal:
+                m = (positions[None, :] <= positions[start:end, None])[None, None]  # (1, 1, bq, n)
+            logits = torch.matmul(q_b, k.transpose(-2, -1)) * self.attn_scale  # (B, H, bq, n)
+            if softmax:
+                scores = torch.softmax(logits + mask_to_additive(m, logits.dtype) if m is not None else logits, -1)
+            else:
+                scores = self.activation(logits)
+                if m is not None:
+                    scores = scores * (m if m.dtype == torch.bool else torch.isfinite(m)).to(scores.dtype)
+            scores = self.attn_dropout(scores)
+            vals = values[:, :, start:end] if isinstance(values, Tensor) and values.dim() == 5 else values
+            return attend_values(scores, vals, positions[start:end]), scores  # (B, H, bq, D)
+
+        if need_weights:
+            out, scores = attend(0, n, q)
+            return self._finish(out, b, n), scores
+        out = map_query_blocks(lambda start, end, q_b: attend(start, end, q_b)[0], n, PLAIN_BLOCK_SIZE, q)
+        return self._finish(out, b, n), None
 
 
 class DisentangledRelationalCrossAttention(_CrossAttentionBase):

@@ -139,12 +139,13 @@ class _Seq2Seq(nn.Module):
         h = self.layers[f"{which}_embedder"](t)
         return self.layers[f"{which}_pos_embedder"](h, offset)
 
-    def _symbols(self, h: Tensor, input_pos: Tensor | None = None, key_padding_mask: Tensor | None = None):
+    def _symbols(self, h: Tensor, input_pos: Tensor | None = None, key_padding_mask: Tensor | None = None,
+                 causal: bool = False):
         if not self.uses_symbols:
             return None
         retriever = self.layers.symbol_retriever
         if isinstance(retriever, RelationalSymbolicAttention):  # its symbols mix neighbouring tokens
-            return retriever.retrieve(h, input_pos, key_padding_mask=key_padding_mask)
+            return retriever.retrieve(h, input_pos, key_padding_mask=key_padding_mask, causal=causal)
         return retriever.retrieve(h, input_pos)
 
     def encode(self, x: Tensor, src_padding_mask: Tensor | None = None) -> Tensor:
@@ -163,7 +164,8 @@ class _Seq2Seq(nn.Module):
         _check_seq("y", y, self.output_spec, self.out_block_size)
         g = self._embed(y, "target", 0 if input_pos is None else input_pos)
         for i, block in enumerate(self.layers.decoder_blocks):
-            args = (g, context, self._symbols(g, input_pos, tgt_padding_mask)) if self.uses_symbols else (g, context)
+            symbols = self._symbols(g, input_pos, tgt_padding_mask, causal=block.causal) if self.uses_symbols else None
+            args = (g, context, symbols) if self.uses_symbols else (g, context)
             g = block(*args, key_padding_mask=tgt_padding_mask, context_padding_mask=src_padding_mask,
                       kv_cache=None if kv_cache is None else kv_cache[i], input_pos=input_pos)
         return self.layers.final_out(g)
@@ -309,8 +311,7 @@ class Seq2SeqDualAttnTransformer(_Seq2Seq):
         layers["symbol_retriever"] = build_with_kwargs(
             "symbol_retrieval_kwargs", SYMBOL_RETRIEVERS[symbol_retrieval],
             check_kwargs_dict("symbol_retrieval_kwargs", symbol_retrieval_kwargs))
-        check_retriever_fits(layers["symbol_retriever"], d_model, max(in_block_size, out_block_size),
-                             "symbol_retrieval_kwargs")
+        check_retriever_fits(layers["symbol_retriever"], d_model, None, "symbol_retrieval_kwargs")
         layers["encoder_blocks"] = nn.ModuleList(build_with_kwargs("encoder_kwargs", DualAttnEncoderBlock, enc, d_model)
                                                  for _ in range(n_layers_enc))
         layers["decoder_blocks"] = nn.ModuleList(build_with_kwargs("decoder_kwargs", DualAttnDecoderBlock, dec, d_model)

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from dual_attention._validation import check_bool, check_divisible, check_positive_int, check_probability
 from dual_attention.positional_encoding import RelativePositionalEncoding
+from dual_attention.relational_functional import DECODE_MAX_QUERIES
 
 
 @dataclass
@@ -51,9 +52,12 @@ def _check_input(x: Tensor, d_model: int | None = None) -> None:
         raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
 
 
-def check_retriever_fits(retriever: nn.Module, d_model: int, max_len: int, kwargs_name: str) -> None:
-    """Raise ``ValueError`` if a retriever's symbols cannot feed relational attention of width ``d_model`` over
-    sequences of up to ``max_len`` tokens (symbol dim ≠ d_model, or too few positional symbols)."""
+def check_retriever_fits(retriever: nn.Module, d_model: int, max_len: int | None, kwargs_name: str) -> None:
+    """Raise ``ValueError`` if a retriever's symbols cannot feed relational attention of width ``d_model`` (symbol
+    dim ≠ d_model) or, when ``max_len`` is given (fixed-length inputs such as images), cover ``max_len`` tokens.
+
+    Language and seq2seq models pass ``max_len=None``: the published package accepted positional symbols shorter
+    than the block size (usable on shorter sequences), so that is checked per forward instead."""
     if isinstance(retriever, (SymbolicAttention, RelationalSymbolicAttention)):
         dim_name, dim = "d_model", retriever.d_model
     else:
@@ -61,7 +65,7 @@ def check_retriever_fits(retriever: nn.Module, d_model: int, max_len: int, kwarg
     if dim != d_model:
         raise ValueError(f"{kwargs_name}['{dim_name}']={dim} must equal the model's d_model={d_model} "
                          "(relational attention projects the symbols with a d_model x d_model matrix)")
-    if isinstance(retriever, PositionalSymbolRetriever) and retriever.max_length < max_len:
+    if max_len is not None and isinstance(retriever, PositionalSymbolRetriever) and retriever.max_length < max_len:
         raise ValueError(f"{kwargs_name}['max_length']={retriever.max_length} is smaller than the longest sequence "
                          f"the model accepts ({max_len}); it must be >= {max_len}")
 
@@ -116,6 +120,8 @@ class SymbolicAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``x (B, n, d) -> symbols (B, n, d)``."""
         _check_input(x, self.d_model)
+        if x.shape[1] <= DECODE_MAX_QUERIES and not (self.training and self.dropout > 0):
+            return self.forward_with_weights(x)[0]  # a few tokens (a decoding step): cheaper than a kernel call
         q, k, v = self._heads(x)
         out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), scale=self.attn_scale,
                                              dropout_p=self.dropout if self.training else 0.0)  # (B, h, n, dh)
@@ -153,9 +159,10 @@ class PositionalSymbolRetriever(nn.Module):
     def retrieve(self, x: Tensor, input_pos: Tensor | None = None) -> Tensor:
         _check_input(x)
         b, n, _ = x.shape
+        end = n if input_pos is None or torch.compiler.is_compiling() else int(input_pos.max()) + 1
+        if end > self.max_length:
+            raise ValueError(f"sequence length {end} exceeds the positional symbols' max_length={self.max_length}")
         if input_pos is None:
-            if n > self.max_length:
-                raise ValueError(f"sequence length {n} exceeds the positional symbols' max_length={self.max_length}")
             input_pos = torch.arange(n, device=x.device)
         return self.symbol_library(input_pos).unsqueeze(0).expand(b, -1, -1)
 
@@ -246,11 +253,13 @@ class RelationalSymbolicAttention(nn.Module):
         """Index ``(n, nbhd)`` of the causal neighbours ``i-1..i-Δ`` (``i..i-Δ``), clamped to ``[0, n-1]``."""
         return RelationalSymbolicAttention._raw_neighbors(n, delta, True, include_self).clamp(0, n - 1)
 
-    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None, *, causal: bool = False) -> Tensor:
         """``x (B, n, d) -> symbols (B, n, d)``.
 
         ``key_padding_mask`` (bool ``(B, n)``, True = real token): padded tokens are masked out of every
         neighbourhood like out-of-range neighbours, so they never influence the symbols of real tokens.
+        ``causal``: also mask the neighbours after each token (for a causal decoder whose retriever was built
+        with ``causal_nbhd=False``; the slots stay, so the parameters are unchanged).
         """
         _check_input(x, self.d_model)
         b, n, d = x.shape
@@ -258,6 +267,8 @@ class RelationalSymbolicAttention(nn.Module):
         raw = self._raw_neighbors(n, self.nbhd_delta, self.causal_nbhd, self.include_self).to(x.device)
         idx = raw.clamp(0, n - 1)
         valid = ((raw >= 0) & (raw < n))[None]  # (1, n, nbhd)
+        if causal:
+            valid = valid & (raw <= torch.arange(n, device=x.device)[:, None])
         if key_padding_mask is not None:
             if not isinstance(key_padding_mask, Tensor) or key_padding_mask.dtype != torch.bool \
                     or tuple(key_padding_mask.shape) != (b, n):
@@ -276,5 +287,6 @@ class RelationalSymbolicAttention(nn.Module):
         rels = rels.reshape(b, n, self.nbhd_rel_dim)  # (B, n, nbhd*h), (neighbour, head) order
         return self.symbolic_attention(self.model_dim_proj(rels))
 
-    def retrieve(self, x: Tensor, input_pos: Tensor | None = None, key_padding_mask: Tensor | None = None) -> Tensor:
-        return self(x, key_padding_mask=key_padding_mask)
+    def retrieve(self, x: Tensor, input_pos: Tensor | None = None, key_padding_mask: Tensor | None = None,
+                 causal: bool = False) -> Tensor:
+        return self(x, key_padding_mask=key_padding_mask, causal=causal)

@@ -9,6 +9,8 @@ Models and layers run in float64, so "unchanged" is checked to ~1e-12.
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -81,9 +83,15 @@ def test_lm_is_causal(name, make_dat_lm, make_transformer_lm):
 
 @pytest.mark.parametrize("family,retrieval", [
     ("dat", "symbolic_attention"), ("dat", "positional_symbols"), ("dat", "position_relative"),
-    ("dat", "rel_sym_attn"), ("transformer", None)])
+    ("dat", "rel_sym_attn"), ("dat", "rel_sym_attn_noncausal"), ("transformer", None)])
 def test_seq2seq_decoder_is_causal(family, retrieval, make_seq2seq_dat, make_seq2seq_transformer):
-    model = (make_seq2seq_dat(symbol_retrieval=retrieval) if family == "dat" else make_seq2seq_transformer())
+    if family == "transformer":
+        model = make_seq2seq_transformer()
+    elif retrieval == "rel_sym_attn_noncausal":  # the shared retriever looks ahead: the decoder must not
+        model = make_seq2seq_dat(symbol_retrieval="rel_sym_attn", symbol_retrieval_kwargs=dict(
+            d_model=D, rel_n_heads=2, symbolic_attn_n_heads=2, n_symbols=8, nbhd_delta=2, causal_nbhd=False))
+    else:
+        model = make_seq2seq_dat(symbol_retrieval=retrieval)
     model = model.to(DT).eval()
     src = torch.randint(0, 23, (2, 7))
     y = torch.randint(0, 19, (2, T))
@@ -98,8 +106,10 @@ def test_seq2seq_decoder_is_causal(family, retrieval, make_seq2seq_dat, make_seq
     torch.testing.assert_close(last[:, 0], a[:, CUT - 1], **TOL)
 
 
+@functools.cache
 def _causal_layers():
-    """(name, layer, call(layer, x) -> output) for every layer with a causal mode."""
+    """(name, layer, call(layer, x) -> output) for every layer with a causal mode (built once, seeded)."""
+    torch.manual_seed(1)
     cos, sin = precompute_freqs_cis(D // 2, T)
     cos, sin = cos.to(DT), sin.to(DT)
     s = torch.randn(1, T, D, dtype=DT).expand(2, T, D)
@@ -163,8 +173,10 @@ def _padding_mask(lengths: list[int], n: int, left: bool = False) -> torch.Tenso
     return mask
 
 
+@functools.cache
 def _padding_layers():
-    """(name, layer, call(layer, x, symbols, kpm) -> output) for every attention layer, non-causal."""
+    """(name, layer, call(layer, x, symbols, kpm) -> output) for every attention layer, non-causal (built once)."""
+    torch.manual_seed(2)
     layers = [
         ("attention_sdpa", Attention(D, 2, 0.0, n_kv_heads=1), lambda m, x, s, k: m(x, x, x, key_padding_mask=k)[0]),
         ("attention_weights", Attention(D, 2, 0.0, key_dim=6),

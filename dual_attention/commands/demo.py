@@ -13,8 +13,8 @@ relational-attention head, DAT with 0 SA + 2 RA heads (2 layers, d_model 128, 12
 symbols, symmetric relations) - on relational-games tasks at several training-set sizes and seeds, all
 with the same optimizer and step budget. Prints the parameter counts, a progress bar over runs, and a table
 of test accuracy (mean ± std over seeds) beside the numbers the paper reports; writes results.json,
-results.csv and learning_curves.png into --out. Defaults: task xoccurs, 500/1000/2500 images, seeds 0 and
-1, 1000 steps of 64 images per run, 2 worker processes: about 10 minutes on 2 idle CPU cores.
+results.csv and learning_curves.png into --out. Defaults: task xoccurs, 1000/2500/5000 images, seeds 0 and
+1, 1500 steps of 64 images per run, 2 worker processes: about 10 minutes on 2 idle CPU cores.
 --paper: tasks xoccurs and match_pattern, sizes 500..25000, 5 seeds, 50 epochs per run (hours on a CPU)."""
 
 
@@ -23,12 +23,12 @@ def register(subparsers) -> None:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", metavar="T1,T2", help="comma-separated tasks: same, between, occurs, xoccurs, "
                    "match_pattern (default xoccurs)")
-    p.add_argument("--sizes", metavar="N1,N2", help="comma-separated training-set sizes (default 500,1000,2500)")
+    p.add_argument("--sizes", metavar="N1,N2", help="comma-separated training-set sizes (default 1000,2500,5000)")
     p.add_argument("--seeds", metavar="S1,S2", help="comma-separated seeds or a range like 0-4 (default 0,1)")
     p.add_argument("--models", metavar="M1,M2", help="comma-separated models: vit, dat-sa1-ra1, dat-sa0-ra2 "
                    "(default all three)")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--steps", metavar="N", help="optimizer steps per run, the same for every size (default 1000)")
+    budget.add_argument("--steps", metavar="N", help="optimizer steps per run, the same for every size (default 1500)")
     budget.add_argument("--epochs", metavar="E", help="epochs per run instead of a fixed step count")
     p.add_argument("--batch-size", metavar="B", help="images per step (default 64)")
     p.add_argument("--lr", metavar="LR", help="peak learning rate (default 1e-3)")

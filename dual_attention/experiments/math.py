@@ -46,6 +46,7 @@ __all__ = [
     "MODELS",
     "MODEL_LABELS",
     "DEFAULT_FAMILIES",
+    "FOUR_FAMILIES",
     "MathSettings",
     "make_pairs",
     "train_config",
@@ -67,7 +68,10 @@ MODEL_LABELS: dict[str, str] = {
 }
 MODELS: tuple[str, ...] = tuple(MODEL_LABELS)
 
-DEFAULT_FAMILIES: tuple[str, ...] = (
+DEFAULT_FAMILIES: tuple[str, ...] = ("algebra__linear_1d", "calculus__differentiate")
+
+#: the four families of the longer run (``--families all4``)
+FOUR_FAMILIES: tuple[str, ...] = (
     "algebra__linear_1d",
     "polynomials__add",
     "polynomials__expand",
@@ -86,14 +90,14 @@ class MathSettings:
     n_train: int = 10_000
     n_test: int = 500
     difficulty: str = "easy"
-    d_model: int = 128
+    d_model: int = 64
     n_layers: int = 2
     n_heads_sa: int = 2
     n_heads_ra: int = 2
     dff: int = 256
     dropout: float = 0.0
     symbol_retrieval: str = "symbolic_attention"
-    steps: int = 600
+    steps: int = 500
     batch_size: int = 64
     learning_rate: float = 1e-3
     weight_decay: float = 0.1
@@ -275,22 +279,25 @@ def summarize(runs: Sequence[dict]) -> list[dict[str, Any]]:
 
 
 def format_table(summary: Sequence[dict], models: Sequence[str] = MODELS) -> str:
-    """Per family: per-character accuracy and greedy exact match (%) of each model, mean ± std over seeds."""
+    """Per family and model: per-character accuracy and greedy exact match (%), mean ± std over seeds."""
     by = {(r["family"], r["model"]): r for r in summary}
     fams = sorted({r["family"] for r in summary})
-    w = 17
-    head = f"{'family':<25}" + "".join(f"{MODEL_LABELS[m] + ' char':>{w + 8}}{'exact':>{w - 2}}" for m in models)
+    head = f"{'family':<25} {'model':<20} {'char acc (%)':>14} {'exact match (%)':>16} {'seeds':>6}"
     lines = [head, "-" * len(head)]
+
+    def cell(r: dict, key: str) -> str:
+        m, s = r[f"{key}_mean"], r[f"{key}_std"]
+        return f"{m:.1f} ± {s:.1f}" if r["n_seeds"] > 1 else f"{m:.1f}"
+
     for fam in fams:
-        cells = ""
+        first = True
         for m in models:
             r = by.get((fam, m))
             if r is None:
-                cells += f"{'-':>{w + 8}}{'-':>{w - 2}}"
                 continue
-            cells += (f"{r['char_acc_mean']:>{w + 1}.1f} ± {r['char_acc_std']:4.1f}"
-                      f"{r['exact_match_mean']:>{w - 9}.1f} ± {r['exact_match_std']:4.1f}")
-        lines.append(f"{fam:<25}{cells}")
+            lines.append(f"{fam if first else '':<25} {MODEL_LABELS[m]:<20} {cell(r, 'char_acc'):>14} "
+                         f"{cell(r, 'exact_match'):>16} {r['n_seeds']:>6}")
+            first = False
     return "\n".join(lines)
 
 
@@ -312,7 +319,8 @@ def plot_math(summary: Sequence[dict], path: str | Path, models: Sequence[str] =
             xs = [i + (k - (len(models) - 1) / 2) * width for i in range(len(fams))]
             mu = [by[(f, m)][f"{key}_mean"] if (f, m) in by else 0.0 for f in fams]
             sd = [by[(f, m)][f"{key}_std"] if (f, m) in by else 0.0 for f in fams]
-            ax.bar(xs, mu, width, yerr=sd, color=colours.get(m), label=MODEL_LABELS[m], capsize=3)
+            bars = ax.bar(xs, mu, width, yerr=sd, color=colours.get(m), label=MODEL_LABELS[m], capsize=3)
+            ax.bar_label(bars, labels=[f"{v:.1f}" for v in mu], fontsize=7, padding=2)
         ax.set_xticks(range(len(fams)))
         ax.set_xticklabels([f.replace("__", "\n") for f in fams], fontsize=8)
         ax.set_ylim(0, 100)

@@ -107,7 +107,7 @@ PAPER_RESULTS: dict[tuple[str, int], dict[str, float]] = {
 }
 
 DEFAULT_TASKS: tuple[str, ...] = ("xoccurs",)
-DEFAULT_SIZES: tuple[int, ...] = (500, 1000, 2500)
+DEFAULT_SIZES: tuple[int, ...] = (1000, 2500, 5000)
 DEFAULT_SEEDS: tuple[int, ...] = (0, 1)
 
 #: ``--paper``: the tasks with quoted paper numbers, more sizes (including the quoted ones), 5 seeds
@@ -121,8 +121,8 @@ class DemoSettings:
     """Architecture and training budget shared by every model of the grid (the comparison is fair by construction).
 
     The budget of a run is ``steps`` optimizer steps of ``batch_size`` images, or, with ``epochs`` set,
-    ``ceil(epochs * n_train / batch_size)`` steps (then bigger training sets get more steps, equally for
-    every model). AdamW (betas 0.9/0.95, weight decay on matrices only), linear warmup over ``warmup_iters``
+    ``max(min_steps, ceil(epochs * n_train / batch_size))`` steps (then bigger training sets get more steps,
+    equally for every model). AdamW (betas 0.9/0.95, weight decay on matrices only), linear warmup over ``warmup_iters``
     steps, cosine decay to ``learning_rate / 10``, gradient-norm clipping at ``grad_clip``.
     """
 
@@ -134,8 +134,9 @@ class DemoSettings:
     norm_first: bool = True
     pool: str = "cls"
     symmetric_rels: bool = True
-    steps: int = 1000
+    steps: int = 1500
     epochs: float | None = None
+    min_steps: int = 1
     batch_size: int = 64
     learning_rate: float = 1e-3
     weight_decay: float = 0.1
@@ -145,7 +146,7 @@ class DemoSettings:
     holdout_sprites: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("d_model", "n_layers", "dff", "steps", "batch_size", "n_test"):
+        for name in ("d_model", "n_layers", "dff", "steps", "min_steps", "batch_size", "n_test"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
@@ -161,13 +162,13 @@ class DemoSettings:
     def steps_for(self, n_train: int) -> int:
         """Optimizer steps of a run on ``n_train`` images."""
         if self.epochs is not None:
-            return max(1, math.ceil(self.epochs * n_train / self.batch_size))
+            return max(self.min_steps, math.ceil(self.epochs * n_train / self.batch_size))
         return self.steps
 
 
 def paper_settings() -> DemoSettings:
-    """The ``--paper`` settings: 5 seeds' worth of a longer budget (50 epochs, batch 64, at least 1000 steps)."""
-    return DemoSettings(epochs=50.0, batch_size=64, n_test=5000)
+    """The ``--paper`` budget: 50 epochs of batch 64 and at least 2000 steps per run, 5000 test images."""
+    return DemoSettings(epochs=50.0, min_steps=2000, batch_size=64, n_test=5000)
 
 
 def train_config(variant: Variant, settings: DemoSettings, seed: int, n_train: int):
@@ -340,12 +341,15 @@ def plot_learning_curves(summary: Sequence[dict], path: str | Path, title: str |
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     tasks = sorted({r["task"] for r in summary})
     models = [k for k in VARIANTS if any(r["model"] == k for r in summary)]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 4.0), dpi=120, squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(6.4, 5.2 * len(tasks)), 4.4), dpi=120, squeeze=False)
     for ax, task in zip(axes[0], tasks):
+        handles = []
         paper_drawn = False
+        sizes = sorted({r["n_train"] for r in summary if r["task"] == task})
         for m in models:
             rows = sorted((r for r in summary if r["task"] == task and r["model"] == m), key=lambda r: r["n_train"])
             if not rows:
@@ -354,22 +358,28 @@ def plot_learning_curves(summary: Sequence[dict], path: str | Path, title: str |
             mu = [r["acc_mean"] for r in rows]
             sd = [r["acc_std"] for r in rows]
             c = _COLOURS.get(m)
-            ax.plot(xs, mu, "o-", color=c, lw=1.8, ms=4, label=VARIANTS[m].label)
+            (h,) = ax.plot(xs, mu, "o-", color=c, lw=1.8, ms=4, label=VARIANTS[m].label)
+            handles.append(h)
             ax.fill_between(xs, [a - b for a, b in zip(mu, sd)], [a + b for a, b in zip(mu, sd)], color=c, alpha=0.18)
             for (t, n), accs in PAPER_RESULTS.items():
-                if t == task and m in accs:
-                    ax.plot([n], [accs[m]], marker="*", ms=11, mfc="none", mec=c, mew=1.5, ls="none",
-                            label="paper (5 seeds)" if not paper_drawn else None)
+                if t == task and m in accs and sizes[0] / 1.5 <= n <= sizes[-1] * 1.5:
+                    ax.plot([n], [accs[m]], marker="*", ms=12, mfc="none", mec=c, mew=1.5, ls="none")
                     paper_drawn = True
+        if paper_drawn:
+            handles.append(Line2D([], [], marker="*", ms=12, mfc="none", mec="k", mew=1.2, ls="none",
+                                  label="paper (5 seeds, their budget)"))
         ax.set_xscale("log")
+        ax.set_xticks(sizes)
+        ax.set_xticklabels([f"{n:,}" for n in sizes])
+        ax.minorticks_off()
         ax.set_title(task)
         ax.set_xlabel("training images")
         ax.set_ylabel("test accuracy (%)")
         ax.set_ylim(45, 101)
         ax.axhline(50, color="k", lw=0.6, ls=":")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8, loc="upper left")
-    fig.suptitle(title or "Relational games: test accuracy vs training-set size (mean ± std over seeds)", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(handles=handles, fontsize=8, loc="upper left")
+    fig.suptitle(title or "Relational games: test accuracy vs training-set size\n(mean ± std over seeds)", fontsize=10)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)
@@ -431,7 +441,7 @@ def run_grid(
     t0 = time.time()
     counts = parameter_counts(variants, settings)
     say("parameters: " + format_param_counts(counts))
-    budget = (f"{settings.epochs:g} epochs (>= 1 step)" if settings.epochs is not None
+    budget = (f"{settings.epochs:g} epochs (>= {settings.min_steps} steps)" if settings.epochs is not None
               else f"{settings.steps} steps")
     say(f"budget per run: {budget} x batch {settings.batch_size}, AdamW lr {settings.learning_rate:g} "
         f"(warmup {settings.warmup_iters}, cosine to lr/10), weight decay {settings.weight_decay:g}; "
@@ -477,7 +487,11 @@ def run_grid(
     elapsed = time.time() - t0
     save()
     if out is not None:
-        files["png"] = str(plot_learning_curves(summary, out / "learning_curves.png"))
+        budget = (f"{settings.epochs:g} epochs" if settings.epochs is not None else f"{settings.steps} steps")
+        title = (f"Relational games: test accuracy vs training-set size (mean ± std over {len(seeds)} seeds)\n"
+                 f"same budget for every model: {budget} x batch {settings.batch_size}, AdamW lr "
+                 f"{settings.learning_rate:g}{', held-out sprites' if settings.holdout_sprites else ''}")
+        files["png"] = str(plot_learning_curves(summary, out / "learning_curves.png", title=title))
     say(f"{len(runs)} runs in {elapsed_str(elapsed)}")
     return GridResult(runs=runs, summary=summary, param_counts=counts, settings=settings, variants=variants,
                       elapsed_s=elapsed, files=files)
