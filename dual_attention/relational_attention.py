@@ -8,8 +8,8 @@ vector r(x_i, x_j) tagged with the sender's symbol s_j,
     α^h = softmax(⟨W_q^{attn,h} x_i, W_k^{attn,h} x_j⟩ / √head_dim),
     r(x_i, x_j) = act( ⟨W_q^{rel,ℓ} x_i, W_k^{rel,ℓ} x_j⟩ / √d_r )_{ℓ=1..R}.
 
-See :mod:`dual_attention.relational_functional` for the three ways it is computed (plain, query-blocked and
-fused through ``scaled_dot_product_attention``) and why they agree.
+See :mod:`dual_attention.relational_functional` for the four ways it is computed (plain, query-blocked, tiled
+and fused through ``scaled_dot_product_attention``) and why they agree.
 """
 
 from __future__ import annotations

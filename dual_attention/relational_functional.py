@@ -40,7 +40,7 @@ from torch.utils.checkpoint import checkpoint
 
 from dual_attention.attention_utils import mask_to_additive
 
-#: ``scaled_dot_product_attention(enable_gqa=...)`` exists from torch 2.5 on
+#: ``scaled_dot_product_attention(enable_gqa=...)`` and ``torch.is_autocast_enabled(device)`` exist from torch 2.5 on
 _SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
 
 #: query-block lengths up to which ``implementation='auto'`` materialises α in one go (``ra_plain`` without
@@ -57,7 +57,13 @@ def prefer_tiled(device: torch.device, dtype: torch.dtype, dropout_active: bool)
     """
     if device.type != "cpu" or dtype not in (torch.float32, torch.float64) or dropout_active:
         return False
-    return not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
+    return not torch.compiler.is_compiling() and not _cpu_autocast_enabled()
+
+
+def _cpu_autocast_enabled() -> bool:
+    if _SDPA_HAS_GQA:  # torch >= 2.5: the device-generic form
+        return torch.is_autocast_enabled("cpu")
+    return torch.is_autocast_cpu_enabled()
 
 
 @dataclass

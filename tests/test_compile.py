@@ -58,7 +58,10 @@ def test_cached_decoding_step_has_no_graph_breaks(make_dat_lm, make_transformer_
         _no_breaks(torch._dynamo.explain(_decode_step)(model, x[:, :1], cache, torch.tensor([21]), pad))
 
 
-@pytest.mark.parametrize("retriever", RETRIEVERS)
+SLOW_OTHERS = [RETRIEVERS[0], *(pytest.param(r, marks=pytest.mark.slow) for r in RETRIEVERS[1:])]
+
+
+@pytest.mark.parametrize("retriever", SLOW_OTHERS)
 def test_compiled_training_equals_eager(make_dat_lm, retriever):
     """Dynamo + AOT autograd (aot_eager): the same loss and gradients as eager."""
     model = make_dat_lm(symbol_retrieval=retriever, max_block_size=40).to(torch.float64)

@@ -370,3 +370,19 @@ def test_tile_rows_cover_gqa_groups():
     ref = layer(x, s, is_causal=True, need_weights=False)[0]
     layer.implementation = "tiled"
     torch.testing.assert_close(layer(x, s, is_causal=True, need_weights=False)[0], ref, **TOL)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_fused_matches_plain():
+    """On CUDA 'auto' is the fused SDPA call (unpadded, wider values); it equals the plain path, GQA included."""
+    for kv in (None, 1):
+        layer = RelationalAttention(D_MODEL, N_HEADS, total_n_heads=TOTAL, n_kv_heads=kv).cuda()
+        x, s = torch.randn(2, 33, D_MODEL, device="cuda"), torch.randn(2, 33, D_MODEL, device="cuda")
+        assert layer.choose_implementation(False, s) == "fused"
+        fast = layer(x, s, is_causal=True, need_weights=False)[0]
+        layer.implementation = "plain"
+        torch.testing.assert_close(fast, layer(x, s, is_causal=True)[0], rtol=1e-4, atol=1e-5)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            layer.implementation = "auto"
+            assert torch.isfinite(layer(x, s, is_causal=True, need_weights=False)[0]).all()

@@ -297,3 +297,14 @@ def test_seq2seq_sampling_and_eos(make_seq2seq_dat):
     a = model.generate(src, 10, bos_token_id=1, temperature=1.0, top_k=5, generator=g())
     b = model.generate(src, 10, bos_token_id=1, temperature=1.0, top_k=5, generator=g(), use_cache=False)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("ra_type", ["rca", "disrca"])
+def test_ablation_lms_generate_without_a_cache(make_dat_lm, ra_type, monkeypatch):
+    """RCA/DisRCA layers keep no cache: their LMs re-run the model per token (and say so), with the same tokens."""
+    model = make_dat_lm(ra_type=ra_type).eval()
+    assert not model.supports_kv_cache
+    monkeypatch.setattr(model, "init_kv_cache", lambda *a, **k: pytest.fail("a cache was built"))
+    prompt = torch.randint(0, model.vocab_size, (2, 9))
+    out = model.generate(prompt, 6, temperature=0.0)
+    assert out.shape == (2, 15) and torch.equal(out, model.generate(prompt, 6, temperature=0.0, use_cache=False))
