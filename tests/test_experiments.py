@@ -169,3 +169,32 @@ def test_steps_and_epochs_exclude_each_other(capsys):
     with pytest.raises(SystemExit) as e:
         main(["demo", "--steps", "10", "--epochs", "2"])
     assert e.value.code == 2
+
+
+def test_flag_parsing_helpers():
+    from dual_attention.commands.demo import parse_int, parse_seeds
+
+    assert parse_seeds("0-2") == [0, 1, 2]
+    assert parse_seeds("3,7") == [3, 7]
+    assert parse_seeds("4") == [4]
+    assert parse_int("--sizes", "2.5k") == 2500 and parse_int("--sizes", "25_000") == 25000
+    # the --paper budget: 50 epochs of 64 images, at least 2000 steps
+    s = rg.paper_settings()
+    assert s.steps_for(500) == 2000 and s.steps_for(25_000) == 19532
+
+
+def test_math_families_all4_and_models_flag(tmp_path, capsys):
+    rc = main(["experiment", "math", "--families", "all4", "--models", "transformer,nope", "--out", str(tmp_path)])
+    assert rc == 2
+    assert "--models: unknown model 'nope'" in capsys.readouterr().err
+
+
+def test_holdout_sprites_run(tmp_path):
+    rc = main(["demo", "--tasks", "occurs", "--sizes", "16,24", "--seeds", "1", "--models", "dat-sa1-ra1",
+               "--steps", "2", "--batch-size", "8", "--n-test", "16", "--holdout-sprites", "--workers", "1",
+               "--no-progress", "--out", str(tmp_path)])
+    assert rc == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["settings"]["holdout_sprites"] is True
+    assert [(r["n_train"], r["seed"], r["model"]) for r in data["runs"]] == [(16, 1, "dat-sa1-ra1"),
+                                                                             (24, 1, "dat-sa1-ra1")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-HELP = "relational games: ViT vs Dual Attention Transformer at several training-set sizes (about 10 min on 2 cores)"
+HELP = "relational games: ViT vs Dual Attention Transformer at several training-set sizes (~7-12 min on 2 cores)"
 
 DESCRIPTION = """\
 Trains the paper's three vision models - a ViT with 2 self-attention heads per layer, DAT with 1 SA + 1
@@ -14,8 +14,9 @@ symbols, symmetric relations) - on relational-games tasks at several training-se
 with the same optimizer and step budget. Prints the parameter counts, a progress bar over runs, and a table
 of test accuracy (mean ± std over seeds) beside the numbers the paper reports; writes results.json,
 results.csv and learning_curves.png into --out. Defaults: task xoccurs, 1000/2500/5000 images, seeds 0 and
-1, 1500 steps of 64 images per run, 2 worker processes: about 10 minutes on 2 idle CPU cores.
---paper: tasks xoccurs and match_pattern, sizes 500..25000, 5 seeds, 50 epochs per run (hours on a CPU)."""
+1, 1500 steps of 64 images per run, 2 worker processes: about 7 minutes on 2 idle CPU cores (12 on a
+busy machine). --paper: tasks xoccurs and match_pattern, sizes 500..25000, 5 seeds, 50 epochs (at least
+2000 steps) per run: several hours on a CPU."""
 
 
 def register(subparsers) -> None:

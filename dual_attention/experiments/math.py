@@ -423,7 +423,12 @@ def run_math(
     elapsed = time.time() - t0
     save()
     if out is not None:
-        files["png"] = str(plot_math(summary, out / "math_accuracy.png", models))
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            say("matplotlib is not installed (pip install 'dual_attention[plot]'): no math_accuracy.png")
+        else:
+            files["png"] = str(plot_math(summary, out / "math_accuracy.png", models))
     say(f"{len(runs)} runs in {elapsed_str(elapsed)}")
     return MathResult(runs=runs, summary=summary, param_counts=counts, settings=settings, elapsed_s=elapsed,
                       files=files)

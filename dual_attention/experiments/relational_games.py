@@ -332,10 +332,12 @@ def format_param_counts(counts: dict[str, int]) -> str:
 _COLOURS = {"vit": "tab:gray", "dat-sa1-ra1": "tab:blue", "dat-sa0-ra2": "tab:orange"}
 
 
-def plot_learning_curves(summary: Sequence[dict], path: str | Path, title: str | None = None) -> Path:
+def plot_learning_curves(summary: Sequence[dict], path: str | Path, title: str | None = None,
+                         runs: Sequence[dict] | None = None) -> Path:
     """Accuracy vs training-set size (log x), mean ± std band over seeds, one line per model, one panel per task.
 
-    Paper numbers, where quoted, are drawn as hollow stars of the model's colour.
+    With ``runs``, every seed's accuracy is drawn as a small dot (slightly offset per model). Paper numbers,
+    where quoted, are drawn as hollow stars of the model's colour.
     """
     import matplotlib
 
@@ -345,7 +347,7 @@ def plot_learning_curves(summary: Sequence[dict], path: str | Path, title: str |
 
     tasks = sorted({r["task"] for r in summary})
     models = [k for k in VARIANTS if any(r["model"] == k for r in summary)]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(max(6.4, 5.2 * len(tasks)), 4.4), dpi=120, squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(2.4 + 5.0 * len(tasks), 4.4), dpi=120, squeeze=False)
     for ax, task in zip(axes[0], tasks):
         handles = []
         paper_drawn = False
@@ -360,14 +362,22 @@ def plot_learning_curves(summary: Sequence[dict], path: str | Path, title: str |
             c = _COLOURS.get(m)
             (h,) = ax.plot(xs, mu, "o-", color=c, lw=1.8, ms=4, label=VARIANTS[m].label)
             handles.append(h)
-            ax.fill_between(xs, [a - b for a, b in zip(mu, sd)], [a + b for a, b in zip(mu, sd)], color=c, alpha=0.18)
+            ax.fill_between(xs, [a - b for a, b in zip(mu, sd)], [a + b for a, b in zip(mu, sd)], color=c, alpha=0.15)
+            if runs:
+                shift = 1.0 + 0.025 * (models.index(m) - (len(models) - 1) / 2)
+                pts = [(r["n_train"] * shift, 100.0 * r["test_acc"])
+                       for r in runs if r["task"] == task and r["model"] == m]
+                if pts:
+                    ax.plot(*zip(*pts), ".", color=c, ms=5, alpha=0.7, ls="none")
             for (t, n), accs in PAPER_RESULTS.items():
                 if t == task and m in accs and sizes[0] / 1.5 <= n <= sizes[-1] * 1.5:
                     ax.plot([n], [accs[m]], marker="*", ms=12, mfc="none", mec=c, mew=1.5, ls="none")
                     paper_drawn = True
+        if runs:
+            handles.append(Line2D([], [], marker=".", ms=6, color="k", alpha=0.7, ls="none", label="one seed"))
         if paper_drawn:
             handles.append(Line2D([], [], marker="*", ms=12, mfc="none", mec="k", mew=1.2, ls="none",
-                                  label="paper (5 seeds, their budget)"))
+                                  label="paper (5 seeds,\ntheir budget)"))
         ax.set_xscale("log")
         ax.set_xticks(sizes)
         ax.set_xticklabels([f"{n:,}" for n in sizes])
@@ -378,7 +388,7 @@ def plot_learning_curves(summary: Sequence[dict], path: str | Path, title: str |
         ax.set_ylim(45, 101)
         ax.axhline(50, color="k", lw=0.6, ls=":")
         ax.grid(alpha=0.3)
-        ax.legend(handles=handles, fontsize=8, loc="upper left")
+        ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.suptitle(title or "Relational games: test accuracy vs training-set size\n(mean ± std over seeds)", fontsize=10)
     fig.tight_layout()
     path = Path(path)
@@ -491,7 +501,12 @@ def run_grid(
         title = (f"Relational games: test accuracy vs training-set size (mean ± std over {len(seeds)} seeds)\n"
                  f"same budget for every model: {budget} x batch {settings.batch_size}, AdamW lr "
                  f"{settings.learning_rate:g}{', held-out sprites' if settings.holdout_sprites else ''}")
-        files["png"] = str(plot_learning_curves(summary, out / "learning_curves.png", title=title))
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            say("matplotlib is not installed (pip install 'dual_attention[plot]'): no learning_curves.png")
+        else:
+            files["png"] = str(plot_learning_curves(summary, out / "learning_curves.png", title=title, runs=runs))
     say(f"{len(runs)} runs in {elapsed_str(elapsed)}")
     return GridResult(runs=runs, summary=summary, param_counts=counts, settings=settings, variants=variants,
                       elapsed_s=elapsed, files=files)
