@@ -90,6 +90,17 @@ def write_csv(path: Path, rows: list[dict[str, Any]], fields: Sequence[str]) -> 
     os.replace(tmp, path)
 
 
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out, write and close a matplotlib figure; return its path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def environment() -> dict[str, Any]:
     """Versions and machine facts stored beside the results."""
     import torch

@@ -38,6 +38,7 @@ from dual_attention.experiments._common import (
     environment,
     mean_std,
     run_jobs,
+    save_figure,
     write_csv,
     write_json,
 )
@@ -329,11 +330,7 @@ def plot_math(summary: Sequence[dict], path: str | Path, models: Sequence[str] =
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("Mathematics (local generators, held-out questions): seq2seq DAT vs Transformer", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 @dataclass

@@ -48,6 +48,7 @@ from dual_attention.experiments._common import (
     environment,
     mean_std,
     run_jobs,
+    save_figure,
     write_csv,
     write_json,
 )
@@ -390,11 +391,7 @@ def plot_learning_curves(summary: Sequence[dict], path: str | Path, title: str |
         ax.grid(alpha=0.3)
         ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.suptitle(title or "Relational games: test accuracy vs training-set size\n(mean ± std over seeds)", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 @dataclass
