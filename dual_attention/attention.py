@@ -65,6 +65,9 @@ class Attention(nn.Module):
         add_bias_out: bias in the output projection.
         total_n_heads: heads of the whole dual-attention layer (default ``n_heads``): ``head_dim =
             d_model // total_n_heads`` and the output width is ``n_heads * head_dim``.
+        symmetric_attn: tie the key projection to the query projection (``wk`` *is* ``wq``, so W_k = W_q and,
+            before RoPE, the logits ⟨W_q x_i, W_q x_j⟩ are symmetric in i, j); needs ``n_kv_heads == n_heads`` and
+            ``add_bias_kv=False``. Not in the published package.
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class Attention(nn.Module):
         add_bias_kv: bool = False,
         add_bias_out: bool = False,
         total_n_heads: int | None = None,
+        symmetric_attn: bool = False,
     ) -> None:
         super().__init__()
         check_head_geometry(d_model, n_heads, total_n_heads, n_kv_heads)
@@ -84,6 +88,10 @@ class Attention(nn.Module):
         check_optional_positive_int("key_dim", key_dim)
         check_bool("add_bias_kv", add_bias_kv)
         check_bool("add_bias_out", add_bias_out)
+        check_bool("symmetric_attn", symmetric_attn)
+        if symmetric_attn and ((n_kv_heads or n_heads) != n_heads or add_bias_kv):
+            raise ValueError(f"symmetric_attn=True ties wk to wq: it needs n_kv_heads == n_heads ({n_heads}, got "
+                             f"{n_kv_heads}) and add_bias_kv=False (got {add_bias_kv})")
         self.d_model = d_model
         self.n_heads = n_heads
         self.dropout = dropout
@@ -94,9 +102,10 @@ class Attention(nn.Module):
         self.n_rep_kv = n_heads // self.n_kv_heads
         self.attn_scale = 1 / math.sqrt(self.head_dim)
         self.add_bias_kv, self.add_bias_out = add_bias_kv, add_bias_out
+        self.symmetric_attn = symmetric_attn
 
         self.wq = nn.Linear(d_model, n_heads * self.key_dim, bias=False)
-        self.wk = nn.Linear(d_model, self.n_kv_heads * self.key_dim, bias=add_bias_kv)
+        self.wk = self.wq if symmetric_attn else nn.Linear(d_model, self.n_kv_heads * self.key_dim, bias=add_bias_kv)
         self.wv = nn.Linear(d_model, self.n_kv_heads * self.head_dim, bias=add_bias_kv)
         self.wo = nn.Linear(n_heads * self.head_dim, n_heads * self.head_dim, bias=add_bias_out)
         self.attn_dropout = nn.Dropout(dropout)

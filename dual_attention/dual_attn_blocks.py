@@ -11,11 +11,57 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from dual_attention._validation import check_kwargs_dict
+from dual_attention._validation import check_bool, check_choice, check_kwargs_dict
 from dual_attention.attention import Attention
 from dual_attention.dual_attention import DualAttention
+from dual_attention.hadamard_attention import HadamardDualAttention, check_hadamard_symbols
 from dual_attention.kv_cache import StaticCache
+from dual_attention.relational_attention import (
+    DisentangledRelationalCrossAttention,
+    RelationalAttention,
+    RelationalCrossAttention,
+)
 from dual_attention.transformer_blocks import FeedForwardBlock, _Residual, check_block_args, create_norm
+
+_ROPE_MODULES = (Attention, RelationalAttention, RelationalCrossAttention, DisentangledRelationalCrossAttention,
+                 HadamardDualAttention)
+
+
+def check_rope_fits(blocks: nn.Module, width: int, where: str) -> None:
+    """With RoPE every self-attention's query/key width must be the (even) ``width`` the RoPE tables were built for
+    (cross-attention takes no RoPE); raise ValueError naming the offending module otherwise."""
+    for name, module in blocks.named_modules():
+        if isinstance(module, _ROPE_MODULES) and "cross_attn" not in name:
+            key_dim = getattr(module, "key_dim", module.head_dim)
+            if key_dim != width:
+                raise ValueError(
+                    f"pos_enc_type='RoPE' needs every attention's key_dim to equal head_dim = d_model // n_heads "
+                    f"= {width}, and head_dim to be even; {where}.{name} has key_dim={key_dim} (set by key_dim in "
+                    "sa_kwargs/ra_kwargs/attn_kwargs, or an odd head_dim)")
+
+
+def check_symbol_options(symbol_retrieval: str | None, allowed: dict, retriever_kwargs: dict, ra_type: str,
+                         n_heads_ra: int, ra_kwargs: dict, update_symbols_each_layer: bool) -> dict:
+    """Validate ``symbol_retrieval`` (None only for Hadamard or SA-only models) and ``update_symbols_each_layer``;
+    return the ``ra_kwargs`` to build with (a Hadamard layer without symbols gets ``use_symbols=False``)."""
+    check_bool("update_symbols_each_layer", update_symbols_each_layer)
+    hadamard = n_heads_ra > 0 and ra_type == "hadamard"
+    if symbol_retrieval is None:
+        if n_heads_ra > 0 and not hadamard:
+            raise ValueError(f"symbol_retrieval=None needs ra_type='hadamard' (or no relational heads); "
+                             f"ra_type={ra_type!r} needs symbols; allowed: {', '.join(map(repr, allowed))}")
+        if retriever_kwargs:
+            raise ValueError(f"symbol_retrieval=None takes no symbol_retrieval_kwargs, got {retriever_kwargs}")
+    else:
+        check_choice("symbol_retrieval", symbol_retrieval, allowed)
+    if hadamard:
+        check_hadamard_symbols(symbol_retrieval)
+        if ra_kwargs.get("use_symbols", symbol_retrieval is not None) != (symbol_retrieval is not None):
+            raise ValueError(f"ra_kwargs['use_symbols']={ra_kwargs['use_symbols']} contradicts "
+                             f"symbol_retrieval={symbol_retrieval!r} (symbols are used iff a retriever is given)")
+        if symbol_retrieval is None:
+            ra_kwargs = {**ra_kwargs, "use_symbols": False}
+    return ra_kwargs
 
 
 class DualAttnEncoderBlock(_Residual):

@@ -2,6 +2,9 @@
 
     h⁰ = Embed(x) (+ PosEmb);  for ℓ = 1..L:  s^ℓ = Retrieve_ℓ(h^{ℓ-1});  h^ℓ = Block_ℓ(h^{ℓ-1}, s^ℓ)
     logits = W_out · Norm(h^L)          (W_out tied to the token embedding)
+
+With ``update_symbols_each_layer=False`` (persistent symbols) s^ℓ = s = Retrieve(h⁰) for every layer: the symbols
+are computed once from the embeddings. With ``symbol_retrieval=None`` (``ra_type='hadamard'`` only) there are none.
 """
 
 from __future__ import annotations
@@ -20,15 +23,12 @@ from dual_attention._validation import (
     check_positive_int,
     check_probability,
 )
-from dual_attention.attention import Attention
 from dual_attention.attention_utils import precompute_freqs_cis
-from dual_attention.dual_attn_blocks import DualAttnEncoderBlock
+from dual_attention.dual_attn_blocks import DualAttnEncoderBlock, check_rope_fits, check_symbol_options
 from dual_attention.generation import generate as _generate
 from dual_attention.optim import configure_optimizers
 from dual_attention.relational_attention import (
-    DisentangledRelationalCrossAttention,
     RelationalAttention,
-    RelationalCrossAttention,
 )
 from dual_attention.symbol_retrieval import (
     PositionalSymbolRetriever,
@@ -46,9 +46,6 @@ LM_SYMBOL_RETRIEVERS = {
     "positional_symbols": PositionalSymbolRetriever,
     "position_relative": PositionRelativeSymbolRetriever,
 }
-
-
-_ROPE_MODULES = (Attention, RelationalAttention, RelationalCrossAttention, DisentangledRelationalCrossAttention)
 
 
 class UnsupportedConfigError(ValueError, NotImplementedError):
@@ -81,18 +78,8 @@ class _LanguageModel(nn.Module):
             self.register_buffer("freqs_sin", sin, persistent=False)
 
     def _check_rope_fits(self) -> None:
-        """With RoPE every attention's query/key width must be the (even) head_dim the RoPE tables were built for."""
-        if self.pos_enc_type != "RoPE":
-            return
-        width = 2 * self.freqs_cos.shape[-1]
-        for name, module in self.layers.blocks.named_modules():
-            if isinstance(module, _ROPE_MODULES):
-                key_dim = getattr(module, "key_dim", module.head_dim)
-                if key_dim != width:
-                    raise ValueError(
-                        f"pos_enc_type='RoPE' needs every attention's key_dim to equal head_dim = d_model // n_heads "
-                        f"= {self.d_model // self.n_heads}, and head_dim to be even; layers.blocks.{name} has "
-                        f"key_dim={key_dim} (set by key_dim in sa_kwargs/ra_kwargs/attn_kwargs, or an odd head_dim)")
+        if self.pos_enc_type == "RoPE":
+            check_rope_fits(self.layers.blocks, 2 * self.freqs_cos.shape[-1], "layers.blocks")
 
     def _finish_init(self) -> None:
         self._check_rope_fits()
@@ -139,8 +126,12 @@ class _LanguageModel(nn.Module):
             freqs = (self.freqs_cos[positions], self.freqs_sin[positions])
         return self.layers.dropout(h), freqs
 
-    def _block(self, i: int, h: Tensor, freqs, input_pos, **kwargs):  # pragma: no cover - abstract
+    def _block(self, i: int, h: Tensor, freqs, input_pos, symbols=None, **kwargs):  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _persistent_symbols(self, h: Tensor, input_pos: Tensor | None):
+        """Symbols shared by every layer (computed once from the embeddings ``h``), or None."""
+        return None
 
     def forward(
         self,
@@ -162,8 +153,9 @@ class _LanguageModel(nn.Module):
         if kv_cache is not None and input_pos is None:
             raise ValueError("input_pos is required when kv_cache is given")
         h, freqs = self._embed(x, input_pos)
+        symbols = self._persistent_symbols(h, input_pos)
         for i in range(self.n_layers):
-            h = self._block(i, h, freqs, input_pos, key_padding_mask=key_padding_mask,
+            h = self._block(i, h, freqs, input_pos, symbols, key_padding_mask=key_padding_mask,
                             kv_cache=None if kv_cache is None else kv_cache[i])
         logits = self.layers.final_out(self.layers.norm(h))
         loss = None
@@ -244,6 +236,11 @@ class DualAttnTransformerLM(_LanguageModel):
     'weight_tie_symbol_library': False}`` by default: one retriever shared by all layers (its keys repeat in the
     state dict), or one per layer, optionally with a shared symbol library.
 
+    Options beyond the published package (defaults keep its behaviour): ``ra_type='hadamard'``
+    (:mod:`~dual_attention.hadamard_attention`), with which ``symbol_retrieval=None`` builds no retriever at all;
+    ``update_symbols_each_layer=False`` computes the symbols once from the embeddings (one shared retriever) and
+    hands them to every layer, instead of re-retrieving them from each layer's input.
+
     Published-checkpoint compatibility: the feed-forward blocks always have biases, whatever ``bias`` says, because
     the published model never forwarded ``bias`` to its blocks and its checkpoints (e.g. the ``bias=False`` DAT-343M)
     hold those biases; ``bias`` is kept for config compatibility only.
@@ -267,10 +264,11 @@ class DualAttnTransformerLM(_LanguageModel):
         ra_kwargs: dict | None = None,
         ra_type: str = "relational_attention",
         share_attn_params: bool = False,
-        symbol_retrieval: str = "symbolic_attention",
+        symbol_retrieval: str | None = "symbolic_attention",
         symbol_retriever_config: dict | None = None,
         pos_enc_type: str = "pos_emb",
         bias: bool = True,
+        update_symbols_each_layer: bool = True,
     ) -> None:
         super().__init__()
         check_positive_int("n_heads_sa", n_heads_sa, allow_zero=True)
@@ -280,9 +278,10 @@ class DualAttnTransformerLM(_LanguageModel):
                              "(n_heads_sa=0 and n_heads_ra=0)")
         self._init_common(vocab_size, d_model, n_layers, dff, dropout_rate, activation, norm_first, max_block_size,
                           norm_type, pos_enc_type, bias, n_heads_sa + n_heads_ra)
-        check_choice("symbol_retrieval", symbol_retrieval, LM_SYMBOL_RETRIEVERS)
         sa_kwargs, ra_kwargs = check_kwargs_dict("sa_kwargs", sa_kwargs), check_kwargs_dict("ra_kwargs", ra_kwargs)
         retriever_kwargs = check_kwargs_dict("symbol_retrieval_kwargs", symbol_retrieval_kwargs)
+        ra_kwargs = check_symbol_options(symbol_retrieval, LM_SYMBOL_RETRIEVERS, retriever_kwargs, ra_type,
+                                         n_heads_ra, ra_kwargs, update_symbols_each_layer)
         config = {"shared_symbol_retriever": True, "weight_tie_symbol_library": False,
                   **check_kwargs_dict("symbol_retriever_config", symbol_retriever_config)}
         unknown = set(config) - {"shared_symbol_retriever", "weight_tie_symbol_library"}
@@ -291,6 +290,9 @@ class DualAttnTransformerLM(_LanguageModel):
                              "'shared_symbol_retriever', 'weight_tie_symbol_library'")
         for key, value in config.items():
             check_bool(f"symbol_retriever_config['{key}']", value)
+        if not update_symbols_each_layer and not config["shared_symbol_retriever"]:
+            raise ValueError("update_symbols_each_layer=False computes the symbols once, with one retriever: it "
+                             "needs symbol_retriever_config['shared_symbol_retriever']=True")
         relative = symbol_retrieval == "position_relative"
         if n_heads_ra > 0 and relative != bool(ra_kwargs.get("use_relative_positional_symbols", False)):
             raise ValueError(
@@ -300,9 +302,12 @@ class DualAttnTransformerLM(_LanguageModel):
         self.ra_type, self.share_attn_params = ra_type, share_attn_params
         self.symbol_retriever = symbol_retrieval
         self.symbol_retriever_config = config
+        self.update_symbols_each_layer = update_symbols_each_layer
 
-        retriever_cls = LM_SYMBOL_RETRIEVERS[symbol_retrieval]
-        if config["shared_symbol_retriever"]:
+        retriever_cls = LM_SYMBOL_RETRIEVERS.get(symbol_retrieval)
+        if retriever_cls is None:
+            retrievers = []
+        elif config["shared_symbol_retriever"]:
             shared = build_with_kwargs("symbol_retrieval_kwargs", retriever_cls, retriever_kwargs)
             retrievers = [shared] * n_layers
         else:
@@ -314,7 +319,8 @@ class DualAttnTransformerLM(_LanguageModel):
                                                  "(symbol_retriever_config['weight_tie_symbol_library']=True)")
                 for r in retrievers[1:]:
                     r.symbol_library = retrievers[0].symbol_library
-        check_retriever_fits(retrievers[0], d_model, None, "symbol_retrieval_kwargs")
+        if retrievers:
+            check_retriever_fits(retrievers[0], d_model, None, "symbol_retrieval_kwargs")
 
         self.layers = nn.ModuleDict(dict(
             token_embedder=nn.Embedding(vocab_size, d_model),
@@ -335,14 +341,24 @@ class DualAttnTransformerLM(_LanguageModel):
     def supports_kv_cache(self) -> bool:
         return all(block.dual_attn.supports_kv_cache for block in self.layers.blocks)
 
-    def _block(self, i: int, h: Tensor, freqs, input_pos, **kwargs) -> Tensor:
-        symbols = self.layers.symbol_retrievers[i].retrieve(h, input_pos)
+    def _persistent_symbols(self, h: Tensor, input_pos: Tensor | None):
+        if self.update_symbols_each_layer or len(self.layers.symbol_retrievers) == 0:
+            return None
+        return self.layers.symbol_retrievers[0].retrieve(h, input_pos)
+
+    def _block(self, i: int, h: Tensor, freqs, input_pos, symbols=None, **kwargs) -> Tensor:
+        if symbols is None and len(self.layers.symbol_retrievers) > 0:
+            symbols = self.layers.symbol_retrievers[i].retrieve(h, input_pos)
         return self.layers.blocks[i](h, symbols, *freqs, input_pos=input_pos, **kwargs)
 
     def _attention_flops_per_token(self, seq_len: int) -> float:
         flops = 0.0
         for block in self.layers.blocks:
             da = block.dual_attn
+            if da.is_hadamard:  # scores over D, values [v ‖ u (‖ w)] for every head
+                had = da.hadamard_attention
+                flops += 2 * seq_len * had.n_heads * had.head_dim * (1 + had.n_value_parts)
+                continue
             if da.use_self_attn:
                 sa = da.self_attention
                 flops += 2 * seq_len * sa.n_heads * (sa.key_dim + sa.head_dim)
@@ -402,7 +418,7 @@ class TransformerLM(_LanguageModel):
         ))
         self._finish_init()
 
-    def _block(self, i: int, h: Tensor, freqs, input_pos, **kwargs) -> Tensor:
+    def _block(self, i: int, h: Tensor, freqs, input_pos, symbols=None, **kwargs) -> Tensor:
         return self.layers.blocks[i](h, *freqs, need_weights=not self.use_flash_attention, input_pos=input_pos,
                                      **kwargs)
 

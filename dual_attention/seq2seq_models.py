@@ -9,10 +9,17 @@ and ``vocab_size == out_dim``). For state-dict compatibility the published alias
 ``layers.target_embedder.weights.{weight,bias}`` (of ``final_out``) are still written and accepted; a published
 checkpoint whose embedding and output matrices differ (its "tied" model never tied them) loads exactly, by
 untying the two in the loaded model.
+
+Options beyond the published package (defaults keep its behaviour): ``pos_enc_type='RoPE'`` replaces the additive
+sinusoidal encodings by rotary embeddings in the encoder and decoder self-attention (positions 0..L-1 of each
+sequence; the cross-attention takes none; the embeddings keep their √d scale); the DAT model also takes
+``update_symbols_each_layer=False`` (the encoder's symbols are retrieved once from the source embeddings and the
+decoder's once from the target embeddings) and, with ``ra_type='hadamard'``, ``symbol_retrieval=None``.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -26,7 +33,13 @@ from dual_attention._validation import (
     check_kwargs_dict,
     check_positive_int,
 )
-from dual_attention.dual_attn_blocks import DualAttnDecoderBlock, DualAttnEncoderBlock
+from dual_attention.attention_utils import precompute_freqs_cis
+from dual_attention.dual_attn_blocks import (
+    DualAttnDecoderBlock,
+    DualAttnEncoderBlock,
+    check_rope_fits,
+    check_symbol_options,
+)
 from dual_attention.generation import sample_next_token
 from dual_attention.optim import configure_optimizers
 from dual_attention.positional_encoding import SinusoidalPositionalEncoding
@@ -48,6 +61,13 @@ SYMBOL_RETRIEVERS = {
     "position_relative": PositionRelativeSymbolRetriever,
 }
 _ALIAS = "layers.target_embedder.weights."
+POS_ENC_TYPES = ("sinusoidal", "RoPE")
+
+
+def self_attention_head_dim(block: nn.Module) -> int:
+    """The head width of a (dual-attention or baseline) block's self-attention: what its RoPE tables need."""
+    dual = getattr(block, "dual_attn", None)
+    return dual.d_model // dual.total_n_heads if dual is not None else block.self_attn.head_dim
 
 
 def _make_embedder(spec: dict, d_model: int, name: str) -> nn.Module:
@@ -87,28 +107,55 @@ def _check_padding_mask(name: str, mask: Tensor | None, t: Tensor) -> None:
 
 class _Seq2Seq(nn.Module):
     layers: nn.ModuleDict
-    uses_symbols = False
+    uses_symbols = False  # the blocks take symbols (DAT); the retriever may still be absent (Hadamard, None)
+    update_symbols_each_layer = True
 
     def _init_common(self, input_spec, output_spec, d_model, out_dim, n_layers_enc, n_layers_dec, in_block_size,
-                     out_block_size, tie_weights, loss_ignore_idx) -> dict:
+                     out_block_size, tie_weights, loss_ignore_idx, pos_enc_type) -> dict:
         for name, v in (("d_model", d_model), ("out_dim", out_dim), ("n_layers_enc", n_layers_enc),
                         ("n_layers_dec", n_layers_dec), ("in_block_size", in_block_size),
                         ("out_block_size", out_block_size)):
             check_positive_int(name, v)
         check_bool("tie_weights", tie_weights)
+        check_choice("pos_enc_type", pos_enc_type, POS_ENC_TYPES)
+        self.pos_enc_type = pos_enc_type
         self.input_spec, self.output_spec = dict(input_spec), dict(output_spec)
         self.d_model, self.out_dim = d_model, out_dim
         self.n_layers_enc, self.n_layers_dec = n_layers_enc, n_layers_dec
         self.in_block_size, self.out_block_size = in_block_size, out_block_size
         self.tie_weights, self.loss_ignore_idx = tie_weights, loss_ignore_idx
-        return dict(
+        layers = dict(
             source_embedder=_make_embedder(input_spec, d_model, "input_spec"),
             target_embedder=_make_embedder(output_spec, d_model, "output_spec"),
-            source_pos_embedder=SinusoidalPositionalEncoding(d_model, dropout=0.0, max_len=in_block_size),
-            target_pos_embedder=SinusoidalPositionalEncoding(d_model, dropout=0.0, max_len=out_block_size),
         )
+        if pos_enc_type == "sinusoidal":
+            layers.update(
+                source_pos_embedder=SinusoidalPositionalEncoding(d_model, dropout=0.0, max_len=in_block_size),
+                target_pos_embedder=SinusoidalPositionalEncoding(d_model, dropout=0.0, max_len=out_block_size))
+        return layers
+
+    def _init_rope(self) -> None:
+        """RoPE tables (non-persistent buffers) for the encoder and the decoder self-attention."""
+        for which, stack, length in (("enc", "encoder_blocks", self.in_block_size),
+                                     ("dec", "decoder_blocks", self.out_block_size)):
+            blocks = self.layers[stack]
+            cos, sin = precompute_freqs_cis(self_attention_head_dim(blocks[0]), length)
+            check_rope_fits(blocks, 2 * cos.shape[-1], f"layers.{stack}")
+            self.register_buffer(f"freqs_cos_{which}", cos, persistent=False)
+            self.register_buffer(f"freqs_sin_{which}", sin, persistent=False)
+
+    def rope(self, which: str, n: int, input_pos: Tensor | None = None) -> dict:
+        """``{'freqs_cos', 'freqs_sin'}`` of the ``'enc'``/``'dec'`` positions (``0..n-1`` or ``input_pos``), or {}."""
+        if self.pos_enc_type != "RoPE":
+            return {}
+        cos, sin = getattr(self, f"freqs_cos_{which}"), getattr(self, f"freqs_sin_{which}")
+        if input_pos is None:
+            return dict(freqs_cos=cos[:n], freqs_sin=sin[:n])
+        return dict(freqs_cos=cos[input_pos], freqs_sin=sin[input_pos])
 
     def _finish_init(self) -> None:
+        if self.pos_enc_type == "RoPE":
+            self._init_rope()
         emb, out = self.layers.target_embedder, self.layers.final_out
         self.weights_tied = (self.tie_weights and isinstance(emb, nn.Embedding)
                              and emb.weight.shape == out.weight.shape)
@@ -137,11 +184,13 @@ class _Seq2Seq(nn.Module):
     # ------------------------------------------------------------------------------------------------- forward
     def _embed(self, t: Tensor, which: str, offset=0) -> Tensor:
         h = self.layers[f"{which}_embedder"](t)
+        if self.pos_enc_type == "RoPE":
+            return h * math.sqrt(self.d_model)
         return self.layers[f"{which}_pos_embedder"](h, offset)
 
     def _symbols(self, h: Tensor, input_pos: Tensor | None = None, key_padding_mask: Tensor | None = None,
                  causal: bool = False):
-        if not self.uses_symbols:
+        if not self.uses_symbols or "symbol_retriever" not in self.layers:
             return None
         retriever = self.layers.symbol_retriever
         if isinstance(retriever, RelationalSymbolicAttention):  # its symbols mix neighbouring tokens
@@ -152,9 +201,14 @@ class _Seq2Seq(nn.Module):
         """Source ``x`` → encoder output ``(B, Ls, d)``."""
         _check_seq("x", x, self.input_spec, self.in_block_size)
         h = self._embed(x, "source")
+        rope = self.rope("enc", h.shape[1])
+        persistent = None if self.update_symbols_each_layer else self._symbols(h, key_padding_mask=src_padding_mask)
         for block in self.layers.encoder_blocks:
-            args = (h, self._symbols(h, key_padding_mask=src_padding_mask)) if self.uses_symbols else (h,)
-            h = block(*args, key_padding_mask=src_padding_mask)
+            if self.uses_symbols:
+                symbols = persistent if persistent is not None else self._symbols(h, key_padding_mask=src_padding_mask)
+                h = block(h, symbols, key_padding_mask=src_padding_mask, **rope)
+            else:
+                h = block(h, key_padding_mask=src_padding_mask, **rope)
         return h
 
     def decode(self, y: Tensor, context: Tensor, src_padding_mask: Tensor | None = None,
@@ -163,11 +217,16 @@ class _Seq2Seq(nn.Module):
         """Target ``y`` attending to ``context`` → logits ``(B, Ly, out_dim)``."""
         _check_seq("y", y, self.output_spec, self.out_block_size)
         g = self._embed(y, "target", 0 if input_pos is None else input_pos)
-        for i, block in enumerate(self.layers.decoder_blocks):
-            symbols = self._symbols(g, input_pos, tgt_padding_mask, causal=block.causal) if self.uses_symbols else None
+        rope = self.rope("dec", g.shape[1], input_pos)
+        blocks = self.layers.decoder_blocks
+        persistent = None if self.update_symbols_each_layer else self._symbols(g, input_pos, tgt_padding_mask,
+                                                                               causal=blocks[0].causal)
+        for i, block in enumerate(blocks):
+            symbols = persistent if persistent is not None else self._symbols(g, input_pos, tgt_padding_mask,
+                                                                              causal=block.causal)
             args = (g, context, symbols) if self.uses_symbols else (g, context)
             g = block(*args, key_padding_mask=tgt_padding_mask, context_padding_mask=src_padding_mask,
-                      kv_cache=None if kv_cache is None else kv_cache[i], input_pos=input_pos)
+                      kv_cache=None if kv_cache is None else kv_cache[i], input_pos=input_pos, **rope)
         return self.layers.final_out(g)
 
     def forward(self, x: Tensor, y: Tensor, targets: Tensor | None = None, *,
@@ -192,7 +251,8 @@ class _Seq2Seq(nn.Module):
     # ---------------------------------------------------------------------------------------------- generation
     @property
     def supports_kv_cache(self) -> bool:
-        if self.uses_symbols and isinstance(self.layers.symbol_retriever, RelationalSymbolicAttention):
+        if isinstance(self.layers["symbol_retriever"] if "symbol_retriever" in self.layers else None,
+                      RelationalSymbolicAttention):
             return False  # its symbols depend on each token's neighbours' states, which the cache does not keep
         return all(getattr(getattr(b, "dual_attn", None), "supports_kv_cache", True)
                    for b in self.layers.decoder_blocks)
@@ -261,14 +321,16 @@ class Seq2SeqTransformer(_Seq2Seq):
 
     ``encoder_kwargs`` go to :class:`EncoderBlock` (n_heads, dff, dropout_rate, activation, norm_first, ...),
     ``decoder_kwargs`` to :class:`DecoderBlock` (also n_heads_cross; ``causal`` defaults to True).
+    ``pos_enc_type``: ``'sinusoidal'`` (published) or ``'RoPE'``.
     """
 
     def __init__(self, input_spec: dict, output_spec: dict, d_model: int, out_dim: int, n_layers_enc: int,
                  n_layers_dec: int, encoder_kwargs: dict, decoder_kwargs: dict, in_block_size: int,
-                 out_block_size: int, tie_weights: bool = True, loss_ignore_idx: int = -1) -> None:
+                 out_block_size: int, tie_weights: bool = True, loss_ignore_idx: int = -1,
+                 pos_enc_type: str = "sinusoidal") -> None:
         super().__init__()
         layers = self._init_common(input_spec, output_spec, d_model, out_dim, n_layers_enc, n_layers_dec,
-                                   in_block_size, out_block_size, tie_weights, loss_ignore_idx)
+                                   in_block_size, out_block_size, tie_weights, loss_ignore_idx, pos_enc_type)
         enc, dec = check_kwargs_dict("encoder_kwargs", encoder_kwargs), check_kwargs_dict("decoder_kwargs",
                                                                                           decoder_kwargs)
         layers["encoder_blocks"] = nn.ModuleList(build_with_kwargs("encoder_kwargs", EncoderBlock, enc, d_model)
@@ -285,33 +347,39 @@ class Seq2SeqDualAttnTransformer(_Seq2Seq):
 
     One ``symbol_retriever`` (``'symbolic_attention'``, ``'rel_sym_attn'``, ``'positional_symbols'`` or
     ``'position_relative'``) serves every encoder and decoder layer; ``encoder_kwargs``/``decoder_kwargs`` go to
-    :class:`DualAttnEncoderBlock`/:class:`DualAttnDecoderBlock`.
+    :class:`DualAttnEncoderBlock`/:class:`DualAttnDecoderBlock`. ``pos_enc_type``: ``'sinusoidal'`` (published)
+    or ``'RoPE'``; ``update_symbols_each_layer=False``: persistent symbols (see the module docstring).
     """
 
     uses_symbols = True
 
-    def __init__(self, input_spec: dict, output_spec: dict, symbol_retrieval: str, symbol_retrieval_kwargs: dict,
-                 d_model: int, out_dim: int, n_layers_enc: int, n_layers_dec: int, encoder_kwargs: dict,
-                 decoder_kwargs: dict, in_block_size: int, out_block_size: int, tie_weights: bool = True,
-                 loss_ignore_idx: int = -1) -> None:
+    def __init__(self, input_spec: dict, output_spec: dict, symbol_retrieval: str | None,
+                 symbol_retrieval_kwargs: dict | None, d_model: int, out_dim: int, n_layers_enc: int,
+                 n_layers_dec: int, encoder_kwargs: dict, decoder_kwargs: dict, in_block_size: int,
+                 out_block_size: int, tie_weights: bool = True, loss_ignore_idx: int = -1,
+                 update_symbols_each_layer: bool = True, pos_enc_type: str = "sinusoidal") -> None:
         super().__init__()
         layers = self._init_common(input_spec, output_spec, d_model, out_dim, n_layers_enc, n_layers_dec,
-                                   in_block_size, out_block_size, tie_weights, loss_ignore_idx)
-        check_choice("symbol_retrieval", symbol_retrieval, SYMBOL_RETRIEVERS)
+                                   in_block_size, out_block_size, tie_weights, loss_ignore_idx, pos_enc_type)
         enc, dec = check_kwargs_dict("encoder_kwargs", encoder_kwargs), check_kwargs_dict("decoder_kwargs",
                                                                                           decoder_kwargs)
+        retriever_kwargs = check_kwargs_dict("symbol_retrieval_kwargs", symbol_retrieval_kwargs)
         relative = symbol_retrieval == "position_relative"
         for name, kw in (("encoder_kwargs", enc), ("decoder_kwargs", dec)):
-            flag = bool(check_kwargs_dict(f"{name}['ra_kwargs']", kw.get("ra_kwargs")).get(
-                "use_relative_positional_symbols", False))
+            ra_kwargs = check_kwargs_dict(f"{name}['ra_kwargs']", kw.get("ra_kwargs"))
+            flag = bool(ra_kwargs.get("use_relative_positional_symbols", False))
             if kw.get("n_heads_ra", 1) > 0 and flag != relative:
                 raise ValueError(f"symbol_retrieval={symbol_retrieval!r} needs {name}['ra_kwargs']"
                                  f"['use_relative_positional_symbols']={relative}")
+            kw["ra_kwargs"] = check_symbol_options(symbol_retrieval, SYMBOL_RETRIEVERS, retriever_kwargs,
+                                                   kw.get("ra_type", "relational_attention"), kw.get("n_heads_ra", 1),
+                                                   ra_kwargs, update_symbols_each_layer)
         self.symbol_retrieval = symbol_retrieval
-        layers["symbol_retriever"] = build_with_kwargs(
-            "symbol_retrieval_kwargs", SYMBOL_RETRIEVERS[symbol_retrieval],
-            check_kwargs_dict("symbol_retrieval_kwargs", symbol_retrieval_kwargs))
-        check_retriever_fits(layers["symbol_retriever"], d_model, None, "symbol_retrieval_kwargs")
+        self.update_symbols_each_layer = update_symbols_each_layer
+        if symbol_retrieval is not None:
+            layers["symbol_retriever"] = build_with_kwargs(
+                "symbol_retrieval_kwargs", SYMBOL_RETRIEVERS[symbol_retrieval], retriever_kwargs)
+            check_retriever_fits(layers["symbol_retriever"], d_model, None, "symbol_retrieval_kwargs")
         layers["encoder_blocks"] = nn.ModuleList(build_with_kwargs("encoder_kwargs", DualAttnEncoderBlock, enc, d_model)
                                                  for _ in range(n_layers_enc))
         layers["decoder_blocks"] = nn.ModuleList(build_with_kwargs("decoder_kwargs", DualAttnDecoderBlock, dec, d_model)

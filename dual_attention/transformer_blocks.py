@@ -197,6 +197,8 @@ class DecoderBlock(_Residual):
         x: Tensor,
         context: Tensor,
         *,
+        freqs_cos: Tensor | None = None,
+        freqs_sin: Tensor | None = None,
         attn_mask: Tensor | None = None,
         key_padding_mask: Tensor | None = None,
         context_padding_mask: Tensor | None = None,
@@ -204,12 +206,15 @@ class DecoderBlock(_Residual):
         input_pos: Tensor | None = None,
         return_weights: bool = False,
     ):
-        """``x (B, m, d)``, ``context (B, n, d)`` → ``(B, m, d)`` (and ``{'sa', 'cross'}`` weights if asked)."""
+        """``x (B, m, d)``, ``context (B, n, d)`` → ``(B, m, d)`` (and ``{'sa', 'cross'}`` weights if asked).
+
+        ``freqs_cos``/``freqs_sin``: RoPE tables of the positions of ``x`` (self-attention only)."""
         weights = {}
 
         def self_attend(h: Tensor) -> Tensor:
             out, weights["sa"] = self.self_attn(
-                h, h, h, attn_mask=attn_mask, is_causal=self.causal, need_weights=return_weights,
+                h, h, h, freqs_cos=freqs_cos, freqs_sin=freqs_sin, attn_mask=attn_mask, is_causal=self.causal,
+                need_weights=return_weights,
                 key_padding_mask=key_padding_mask, kv_cache=None if kv_cache is None else kv_cache["self"],
                 input_pos=input_pos)
             return out

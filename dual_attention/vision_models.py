@@ -5,6 +5,11 @@
 
 Images are ``(B, C, H, W)``; ``image_shape`` is read as ``(C, W, H)`` and ``patch_size`` as ``(pw, ph)``, as in the
 published package; patches are flattened in ``(p1 p2 c)`` order.
+
+Options beyond the published package (defaults keep its behaviour): ``pos_enc_type='RoPE'`` drops the learned
+``pos_embedding`` and rotates the self-attention queries/keys by the token's index in the sequence (cls = 0, then
+the patches row by row: 1-D RoPE, agnostic of the 2-D grid); ViDAT also takes ``update_symbols_each_layer=False``
+(symbols retrieved once from the embedded tokens) and, with ``ra_type='hadamard'``, ``symbol_retrieval=None``.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from dual_attention._validation import (
     check_positive_int,
     check_probability,
 )
-from dual_attention.dual_attn_blocks import DualAttnEncoderBlock
+from dual_attention.attention_utils import precompute_freqs_cis
+from dual_attention.dual_attn_blocks import DualAttnEncoderBlock, check_rope_fits, check_symbol_options
 from dual_attention.optim import configure_optimizers
 from dual_attention.symbol_retrieval import (
     PositionalSymbolRetriever,
@@ -33,6 +39,7 @@ from dual_attention.transformer_blocks import EncoderBlock
 __all__ = ["VisionTransformer", "VisionDualAttnTransformer", "configure_optimizers"]
 
 POOLS = ("cls", "mean")
+POS_ENC_TYPES = ("pos_emb", "RoPE")
 SYMBOL_RETRIEVERS = {
     "symbolic_attention": SymbolicAttention,
     "rel_sym_attn": RelationalSymbolicAttention,
@@ -58,12 +65,14 @@ class PatchRearrange(nn.Module):
 class _VisionModel(nn.Module):
     uses_symbols = False
 
-    def _init_common(self, image_shape, patch_size, num_classes, d_model, n_layers, dropout_rate, pool) -> None:
+    def _init_common(self, image_shape, patch_size, num_classes, d_model, n_layers, dropout_rate, pool,
+                     pos_enc_type) -> None:
         if len(image_shape) != 3 or len(patch_size) != 2:
             raise ValueError(f"image_shape must be (C, W, H) and patch_size (pw, ph); got {image_shape}, {patch_size}")
         for name, v in (("num_classes", num_classes), ("d_model", d_model), ("n_layers", n_layers)):
             check_positive_int(name, v)
         check_choice("pool", pool, POOLS)
+        check_choice("pos_enc_type", pos_enc_type, POS_ENC_TYPES)
         check_probability("dropout_rate", dropout_rate)
         c, w, h = image_shape
         pw, ph = patch_size
@@ -71,11 +80,32 @@ class _VisionModel(nn.Module):
             raise ValueError(f"image_shape {tuple(image_shape)} must be divisible by patch_size {tuple(patch_size)}")
         self.image_shape, self.patch_size = tuple(image_shape), tuple(patch_size)
         self.num_classes, self.d_model, self.n_layers, self.pool = num_classes, d_model, n_layers, pool
+        self.pos_enc_type = pos_enc_type
         self.num_patches = (w // pw) * (h // ph)
         self.patch_dim = pw * ph * c
-        self.pos_embedding = nn.Parameter(torch.randn(1, self.num_patches + 1, d_model))
+        if pos_enc_type == "pos_emb":
+            self.pos_embedding = nn.Parameter(torch.randn(1, self.num_patches + 1, d_model))
         self.cls_token = nn.Parameter(torch.randn(1, 1, d_model))
         self.dropout = nn.Dropout(dropout_rate)
+
+    def _init_rope(self, head_dim: int) -> None:
+        """RoPE tables (non-persistent) for the ``1 + num_patches`` token positions, checked against the blocks."""
+        if self.pos_enc_type != "RoPE":
+            return
+        cos, sin = precompute_freqs_cis(head_dim, self.num_patches + 1)
+        check_rope_fits(self.encoder_blocks, 2 * cos.shape[-1], "encoder_blocks")
+        self.register_buffer("freqs_cos", cos, persistent=False)
+        self.register_buffer("freqs_sin", sin, persistent=False)
+
+    def rope(self, n: int) -> dict:
+        """``{'freqs_cos', 'freqs_sin'}`` of positions ``0..n-1`` with RoPE, else {}."""
+        if self.pos_enc_type != "RoPE":
+            return {}
+        return dict(freqs_cos=self.freqs_cos[:n], freqs_sin=self.freqs_sin[:n])
+
+    def _persistent_symbols(self, x: Tensor):
+        """Symbols shared by every layer (retrieved once from the embedded tokens), or None."""
+        return None
 
     def _patch_embedding(self) -> nn.Sequential:
         pw, ph = self.patch_size
@@ -98,17 +128,20 @@ class _VisionModel(nn.Module):
         self._check_img(img)
         x = self.to_patch_embedding(img)  # (B, n, d)
         cls = self.cls_token.expand(x.shape[0], -1, -1)
-        x = torch.cat([cls, x], dim=1) + self.pos_embedding[:, : x.shape[1] + 1]
+        x = torch.cat([cls, x], dim=1)  # (B, 1 + n, d)
+        if self.pos_enc_type == "pos_emb":
+            x = x + self.pos_embedding[:, : x.shape[1]]
         return self.dropout(x)
 
-    def _block(self, i: int, x: Tensor, **kwargs):  # pragma: no cover - abstract
+    def _block(self, i: int, x: Tensor, symbols=None, **kwargs):  # pragma: no cover - abstract
         raise NotImplementedError
 
     def forward(self, img: Tensor) -> Tensor:
         """``img (B, C, H, W)`` → ``logits (B, num_classes)``."""
         x = self.embed(img)
+        rope, symbols = self.rope(x.shape[1]), self._persistent_symbols(x)
         for i in range(self.n_layers):
-            x = self._block(i, x)
+            x = self._block(i, x, symbols, **rope)
         x = x[:, 0] if self.pool == "cls" else x.mean(dim=1)
         return self.final_out(x)
 
@@ -121,9 +154,10 @@ class VisionTransformer(_VisionModel):
 
     def __init__(self, image_shape, patch_size, num_classes: int, d_model: int, n_layers: int, n_heads: int,
                  dff: int | None, dropout_rate: float, activation: str, norm_first: bool,
-                 norm_type: str = "layernorm", bias: bool = True, pool: str = "cls") -> None:
+                 norm_type: str = "layernorm", bias: bool = True, pool: str = "cls",
+                 pos_enc_type: str = "pos_emb") -> None:
         super().__init__()
-        self._init_common(image_shape, patch_size, num_classes, d_model, n_layers, dropout_rate, pool)
+        self._init_common(image_shape, patch_size, num_classes, d_model, n_layers, dropout_rate, pool, pos_enc_type)
         self.n_heads = n_heads
         self.to_patch_embedding = self._patch_embedding()
         self.encoder_blocks = nn.ModuleList(
@@ -131,8 +165,9 @@ class VisionTransformer(_VisionModel):
                          activation=activation, norm_first=norm_first, norm_type=norm_type, bias=bias, causal=False)
             for _ in range(n_layers))
         self.final_out = nn.Linear(d_model, num_classes)
+        self._init_rope(self.encoder_blocks[0].self_attn.head_dim)
 
-    def _block(self, i: int, x: Tensor, **kwargs):
+    def _block(self, i: int, x: Tensor, symbols=None, **kwargs):
         return self.encoder_blocks[i](x, **kwargs)
 
 
@@ -141,7 +176,8 @@ class VisionDualAttnTransformer(_VisionModel):
 
     One ``symbol_retriever`` (``'symbolic_attention'``, ``'rel_sym_attn'``, ``'positional_symbols'`` or
     ``'position_relative'``, the latter with ``ra_kwargs=dict(use_relative_positional_symbols=True)``) serves
-    every layer; its symbols are recomputed from each layer's input.
+    every layer; its symbols are recomputed from each layer's input, or retrieved once from the embedded tokens with
+    ``update_symbols_each_layer=False``. ``pos_enc_type``: ``'pos_emb'`` (published, learned) or ``'RoPE'``.
     """
 
     uses_symbols = True
@@ -150,21 +186,25 @@ class VisionDualAttnTransformer(_VisionModel):
                  n_heads_ra: int, dff: int | None, dropout_rate: float, activation: str, norm_first: bool,
                  symbol_retrieval: str, symbol_retrieval_kwargs: dict, ra_type: str = "relational_attention",
                  ra_kwargs: dict | None = None, sa_kwargs: dict | None = None, norm_type: str = "layernorm",
-                 bias: bool = True, pool: str = "cls") -> None:
+                 bias: bool = True, pool: str = "cls", update_symbols_each_layer: bool = True,
+                 pos_enc_type: str = "pos_emb") -> None:
         super().__init__()
-        check_choice("symbol_retrieval", symbol_retrieval, SYMBOL_RETRIEVERS)
         ra_kwargs, sa_kwargs = check_kwargs_dict("ra_kwargs", ra_kwargs), check_kwargs_dict("sa_kwargs", sa_kwargs)
+        retriever_kwargs = check_kwargs_dict("symbol_retrieval_kwargs", symbol_retrieval_kwargs)
+        ra_kwargs = check_symbol_options(symbol_retrieval, SYMBOL_RETRIEVERS, retriever_kwargs, ra_type, n_heads_ra,
+                                         ra_kwargs, update_symbols_each_layer)
         relative = symbol_retrieval == "position_relative"
         if n_heads_ra > 0 and relative != bool(ra_kwargs.get("use_relative_positional_symbols", False)):
             raise ValueError(f"symbol_retrieval={symbol_retrieval!r} needs "
                              f"ra_kwargs['use_relative_positional_symbols']={relative}")
         self.symbol_retrieval = symbol_retrieval
         self.n_heads_sa, self.n_heads_ra = n_heads_sa, n_heads_ra
-        self.symbol_retriever = build_with_kwargs(
-            "symbol_retrieval_kwargs", SYMBOL_RETRIEVERS[symbol_retrieval],
-            check_kwargs_dict("symbol_retrieval_kwargs", symbol_retrieval_kwargs))
-        self._init_common(image_shape, patch_size, num_classes, d_model, n_layers, dropout_rate, pool)
-        check_retriever_fits(self.symbol_retriever, d_model, self.num_patches + 1, "symbol_retrieval_kwargs")
+        self.update_symbols_each_layer = update_symbols_each_layer
+        self.symbol_retriever = None if symbol_retrieval is None else build_with_kwargs(
+            "symbol_retrieval_kwargs", SYMBOL_RETRIEVERS[symbol_retrieval], retriever_kwargs)
+        self._init_common(image_shape, patch_size, num_classes, d_model, n_layers, dropout_rate, pool, pos_enc_type)
+        if self.symbol_retriever is not None:
+            check_retriever_fits(self.symbol_retriever, d_model, self.num_patches + 1, "symbol_retrieval_kwargs")
         self.to_patch_embedding = self._patch_embedding()
         self.encoder_blocks = nn.ModuleList(
             DualAttnEncoderBlock(d_model=d_model, n_heads_sa=n_heads_sa, n_heads_ra=n_heads_ra, dff=dff,
@@ -173,6 +213,14 @@ class VisionDualAttnTransformer(_VisionModel):
                                  bias=bias, causal=False)
             for _ in range(n_layers))
         self.final_out = nn.Linear(d_model, num_classes)
+        self._init_rope(d_model // (n_heads_sa + n_heads_ra))
 
-    def _block(self, i: int, x: Tensor, **kwargs):
-        return self.encoder_blocks[i](x, self.symbol_retriever.retrieve(x), **kwargs)
+    def _persistent_symbols(self, x: Tensor):
+        if self.update_symbols_each_layer or self.symbol_retriever is None:
+            return None
+        return self.symbol_retriever.retrieve(x)
+
+    def _block(self, i: int, x: Tensor, symbols=None, **kwargs):
+        if symbols is None and self.symbol_retriever is not None:
+            symbols = self.symbol_retriever.retrieve(x)
+        return self.encoder_blocks[i](x, symbols, **kwargs)
