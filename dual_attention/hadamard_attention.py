@@ -12,7 +12,8 @@ For query head h = 1..H (H = n_heads_sa + n_heads_ra, SA heads first) in GQA gro
                     = Σ_j α_ij^h ( (W_qrel^h x_i) ⊙ (W_krel^g x_j) + W_s^g s_j )
     out_i = W_o · concat_h y_h,i
 
-The values are ``[v ‖ u]`` (width 2D) or, with symbols, ``[v ‖ u ‖ w]`` (width 3D); the KV cache holds them. The
+The values are ``[v ‖ u]`` (width 2D) or, with symbols, ``[v ‖ u ‖ w]`` (width 3D; without SA heads v is left
+out); the KV cache holds them. The
 symbol term is optional (``use_symbols=False``: a model with ``symbol_retrieval=None``). ``symmetric_rels`` makes
 ``W_qrel^h = W_krel^{g(h)}`` (``wq_rel`` *is* ``wk_rel``), so the relation (W x_i) ⊙ (W x_j) is symmetric in i, j.
 ``symmetric_attn`` ties ``W_k = W_q`` (``wk`` *is* ``wq``; needs ``n_kv_heads == n_heads``). A relation activation
@@ -62,7 +63,8 @@ class HadamardDualAttention(nn.Module):
         add_bias_kv, add_bias_out: biases of the key/value projections (``wk``, ``wv``, ``wk_rel``, ``ws``) and
             of ``wo``.
 
-    Parameters, in state-dict order: ``wq``, ``wk``, ``wv``, ``wq_rel``, ``wk_rel``, ``ws`` (with symbols), ``wo``.
+    Parameters, in state-dict order: ``wq``, ``wk``, ``wv`` (with SA heads), ``wq_rel``, ``wk_rel``, ``ws`` (with
+    symbols), ``wo``.
     """
 
     def __init__(
@@ -106,11 +108,14 @@ class HadamardDualAttention(nn.Module):
         self.rel_activation = get_activation_function(rel_activation)
         self.add_bias_kv, self.add_bias_out = add_bias_kv, add_bias_out
         hd, kv = self.head_dim, self.n_kv_heads
-        self.n_value_parts = 3 if use_symbols else 2  # [v ‖ u ‖ w] or [v ‖ u]
+        # value layout [v ‖ u ‖ w] (each D wide); v only with SA heads, w only with symbols
+        self.u_offset = hd if n_heads_sa > 0 else 0
+        self.n_value_parts = self.u_offset // hd + 1 + int(use_symbols)
 
         self.wq = nn.Linear(d_model, n_heads * hd, bias=False)
         self.wk = self.wq if symmetric_attn else nn.Linear(d_model, kv * hd, bias=add_bias_kv)
-        self.wv = nn.Linear(d_model, kv * hd, bias=add_bias_kv)
+        if n_heads_sa > 0:
+            self.wv = nn.Linear(d_model, kv * hd, bias=add_bias_kv)
         rel_k = nn.Linear(d_model, kv * hd, bias=add_bias_kv)  # W_krel (u_g)
         # W_qrel: one per RA head, or (symmetric_rels) the group's W_krel itself
         self.wq_rel = rel_k if symmetric_rels else nn.Linear(d_model, n_heads_ra * hd, bias=False)
@@ -123,7 +128,7 @@ class HadamardDualAttention(nn.Module):
 
     # ---------------------------------------------------------------------------------------------- cache
     def cache_spec(self) -> dict[str, tuple[int, ...]]:
-        """Keys ``(Hkv, D)`` and the concatenated values ``(Hkv, 2D or 3D)`` per position."""
+        """Keys ``(Hkv, D)`` and the concatenated values ``(Hkv, n_value_parts * D)`` per position."""
         return {"k": (self.n_kv_heads, self.head_dim), "v": (self.n_kv_heads, self.n_value_parts * self.head_dim)}
 
     def init_kv_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> KVCache:
@@ -143,9 +148,9 @@ class HadamardDualAttention(nn.Module):
                              f"({b}, {n}, {d}) or None (use_symbols=False), got {shape}")
 
     def _values(self, x: Tensor, symbols: Tensor | None) -> Tensor:
-        """``[v ‖ u (‖ w)]``: ``(B, n, Hkv, 2D or 3D)``."""
+        """``[(v ‖) u (‖ w)]``: ``(B, n, Hkv, n_value_parts * D)``."""
         b, n, _ = x.shape
-        parts = [self.wv(x), self.wk_rel(x)]
+        parts = ([self.wv(x)] if self.n_heads_sa > 0 else []) + [self.wk_rel(x)]
         if self.use_symbols:
             parts.append(self.ws(symbols).expand(b, -1, -1))
         hd, kv = self.head_dim, self.n_kv_heads
@@ -181,7 +186,7 @@ class HadamardDualAttention(nn.Module):
         check_sequence_input("x", x, self.d_model)
         self._check_symbols(symbols, x)
         b, n, _ = x.shape
-        hd, sa = self.head_dim, self.n_heads_sa
+        hd, sa, u0 = self.head_dim, self.n_heads_sa, self.u_offset
         q = self.wq(x).view(b, n, self.n_heads, hd)  # (B, n, H, D)
         k = self.wk(x).view(b, n, self.n_kv_heads, hd)  # (B, n, Hkv, D)
         if self.qk_norm:
@@ -217,13 +222,13 @@ class HadamardDualAttention(nn.Module):
                                                dropout_p=self.dropout if self.training else 0.0)  # (B, H, n, c*D)
         q_rel = self._rel_queries(x)  # (B, H_ra, n, D)
         if identity:
-            rel = q_rel * y[:, sa:, :, hd:2 * hd]  # (W_qrel x_i) ⊙ Σ_j α_ij u_j
+            rel = q_rel * y[:, sa:, :, u0:u0 + hd]  # (W_qrel x_i) ⊙ Σ_j α_ij u_j
         else:  # Σ_j α_ij φ((W_qrel x_i) ⊙ u_j): the (B, H_ra, n, Lk, D) products are materialised
-            u = values[:, sa:, :, hd:2 * hd]  # (B, H_ra, Lk, D)
+            u = values[:, sa:, :, u0:u0 + hd]  # (B, H_ra, Lk, D)
             rel = torch.einsum("bhij,bhijd->bhid", weights[:, sa:],
                                self.rel_activation(q_rel[:, :, :, None, :] * u[:, :, None, :, :]))
         if self.use_symbols:
-            rel = rel + y[:, sa:, :, 2 * hd:]
+            rel = rel + y[:, sa:, :, u0 + hd:]
         out = torch.cat([y[:, :sa, :, :hd], rel], dim=1)  # (B, H, n, D)
         out = out.transpose(1, 2).reshape(b, n, self.n_heads * hd)  # (B, n, H*D)
         return self.resid_dropout(self.wo(out)), weights if need_weights else None

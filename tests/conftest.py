@@ -146,7 +146,7 @@ def make_seq2seq_dat():
             "position_relative": dict(symbol_dim=d, max_rel_pos=4),
             "rel_sym_attn": dict(d_model=d, rel_n_heads=2, symbolic_attn_n_heads=2, n_symbols=8, nbhd_delta=2,
                                  causal_nbhd=True),
-        }[retrieval]
+        }.get(retrieval)  # None: no retriever (ra_type='hadamard')
         ra_kwargs = dict(use_relative_positional_symbols=True) if retrieval == "position_relative" else {}
         kwargs = dict(
             input_spec=dict(type="token", vocab_size=23), output_spec=dict(type="token", vocab_size=19),

@@ -148,12 +148,13 @@ def model_family(model: nn.Module) -> str:
                     "model")
 
 
-def retrieve_symbols_with_weights(retriever: nn.Module, h: Tensor, input_pos: Tensor | None = None):
+def retrieve_symbols_with_weights(retriever: nn.Module, h: Tensor, input_pos: Tensor | None = None, **rsa_kwargs):
     """``(symbols, symbol_attn or None, symbol_ids or None)`` for the block input ``h (B, n, d)``.
 
     ``symbols`` come from ``retriever.retrieve`` (exactly what the model uses); the library attention of a
     :class:`SymbolicAttention` (or of the inner one of a :class:`RelationalSymbolicAttention`) is computed
     beside it, ``(B, H_sym, n, N)``, and ``symbol_ids = argmax`` over the library ``(B, H_sym, n)``.
+    ``rsa_kwargs`` (``key_padding_mask``, ``causal``) go to a :class:`RelationalSymbolicAttention` only.
     """
     b, n = h.shape[:2]
     if isinstance(retriever, SymbolicAttention):
@@ -164,7 +165,7 @@ def retrieve_symbols_with_weights(retriever: nn.Module, h: Tensor, input_pos: Te
         captured: list[Tensor] = []
         hook = retriever.symbolic_attention.register_forward_hook(lambda _m, args, _out: captured.append(args[0]))
         try:
-            symbols = retriever.retrieve(h, input_pos)
+            symbols = retriever.retrieve(h, input_pos, **rsa_kwargs)
         finally:
             hook.remove()
         weights = retriever.symbolic_attention.forward_with_weights(captured[-1])[1]  # (B, H_sym, n, N)
@@ -174,6 +175,22 @@ def retrieve_symbols_with_weights(retriever: nn.Module, h: Tensor, input_pos: Te
         positions = torch.arange(n, device=h.device) if input_pos is None else input_pos
         return symbols, None, positions[None, None, :].expand(b, 1, n)  # (B, 1, n)
     return symbols, None, None
+
+
+def _layer_symbols(retriever: nn.Module | None, h: Tensor, **kwargs) -> tuple:
+    """``(symbols, symbol_attn, symbol_ids)`` a block gets from ``retriever`` (all None for a model without one).
+
+    ``kwargs`` (key_padding_mask, causal) go to a :class:`RelationalSymbolicAttention`, as the models pass them."""
+    if retriever is None:
+        return None, None, None
+    return retrieve_symbols_with_weights(retriever, h, **kwargs)
+
+
+def _persistent(model: nn.Module, retriever: nn.Module | None, h: Tensor, **kwargs) -> tuple | None:
+    """The symbols of every layer when the model retrieves them once (``update_symbols_each_layer=False``)."""
+    if getattr(model, "update_symbols_each_layer", True) or retriever is None:
+        return None
+    return _layer_symbols(retriever, h, **kwargs)
 
 
 def _ra_type(block: nn.Module) -> str | None:
@@ -196,7 +213,7 @@ def _record(stack: str, index: int, block: nn.Module, hidden: Tensor, weights, s
     layer.cross_attn = weights.get("cross")
     ra = weights.get("ra")
     if ra:
-        if ra_type == "rca":  # [scores (B, H, n, n)]: the relations are the attention weights
+        if ra_type in ("rca", "hadamard"):  # [weights (B, H, n, n)] (RCA: the relations are the weights)
             layer.ra_attn = ra[0]
         elif ra_type == "disrca":  # [α (B, H, n, n), ρ (B, H, n, n)]
             layer.ra_attn, layer.relations = ra[0], ra[1].permute(0, 2, 3, 1)  # (B, n, n, H)
@@ -238,13 +255,15 @@ def analyze_lm(model: nn.Module, idx: Tensor, *, eval_mode: bool = True, keep_gr
     model._check_idx(idx, None)
     with _mode(model, eval_mode, keep_grad):
         h, freqs = model._embed(idx, None)  # h (B, T, d); RoPE tables or (None, None)
-        retrievers = model.layers["symbol_retrievers"] if "symbol_retrievers" in model.layers else None
+        dat = "symbol_retrievers" in model.layers
+        retrievers = model.layers["symbol_retrievers"] if dat else []
+        persistent = _persistent(model, retrievers[0] if len(retrievers) else None, h)
         layers = []
         for i, block in enumerate(model.layers.blocks):
-            if retrievers is not None:
-                symbols, sym_attn, sym_ids = retrieve_symbols_with_weights(retrievers[i], h)
-                h, weights = block(h, symbols, *freqs, return_weights=True)
-                layers.append(_record("blocks", i, block, h, weights, symbols, sym_attn, sym_ids))
+            if dat:
+                sym = persistent or _layer_symbols(retrievers[i] if len(retrievers) else None, h)
+                h, weights = block(h, sym[0], *freqs, return_weights=True)
+                layers.append(_record("blocks", i, block, h, weights, *sym))
             else:
                 h, weights = block(h, *freqs, return_weights=True)
                 layers.append(_record("blocks", i, block, h, weights))
@@ -266,27 +285,33 @@ def analyze_seq2seq(model: nn.Module, src: Tensor, tgt: Tensor, *, src_padding_m
         raise TypeError(f"analyze_seq2seq needs a seq2seq model, got {type(model).__name__}")
     _check_seq("x", src, model.input_spec, model.in_block_size)
     _check_seq("y", tgt, model.output_spec, model.out_block_size)
-    uses_symbols = bool(getattr(model, "uses_symbols", False))
-    retriever = model.layers["symbol_retriever"] if uses_symbols else None
+    dat = bool(getattr(model, "uses_symbols", False))
+    retriever = model.layers["symbol_retriever"] if "symbol_retriever" in model.layers else None
     layers = []
     with _mode(model, eval_mode, keep_grad):
         h = model._embed(src, "source")  # (B, Ls, d)
+        rope = model.rope("enc", h.shape[1])
+        persistent = _persistent(model, retriever, h, key_padding_mask=src_padding_mask)
         for i, block in enumerate(model.layers.encoder_blocks):
-            if retriever is not None:
-                symbols, sym_attn, sym_ids = retrieve_symbols_with_weights(retriever, h)
-                h, weights = block(h, symbols, key_padding_mask=src_padding_mask, return_weights=True)
-                layers.append(_record("encoder", i, block, h, weights, symbols, sym_attn, sym_ids))
+            if dat:
+                sym = persistent or _layer_symbols(retriever, h, key_padding_mask=src_padding_mask)
+                h, weights = block(h, sym[0], key_padding_mask=src_padding_mask, return_weights=True, **rope)
+                layers.append(_record("encoder", i, block, h, weights, *sym))
             else:
-                h, weights = block(h, key_padding_mask=src_padding_mask, return_weights=True)
+                h, weights = block(h, key_padding_mask=src_padding_mask, return_weights=True, **rope)
                 layers.append(_record("encoder", i, block, h, weights))
         g = model._embed(tgt, "target", 0)  # (B, Ly, d)
-        for i, block in enumerate(model.layers.decoder_blocks):
+        rope = model.rope("dec", g.shape[1])
+        blocks = model.layers.decoder_blocks
+        persistent = _persistent(model, retriever, g, key_padding_mask=tgt_padding_mask, causal=blocks[0].causal)
+        for i, block in enumerate(blocks):
             common = dict(key_padding_mask=tgt_padding_mask, context_padding_mask=src_padding_mask,
-                          return_weights=True)
-            if retriever is not None:
-                symbols, sym_attn, sym_ids = retrieve_symbols_with_weights(retriever, g)
-                g, weights = block(g, h, symbols, **common)
-                layers.append(_record("decoder", i, block, g, weights, symbols, sym_attn, sym_ids))
+                          return_weights=True, **rope)
+            if dat:
+                sym = persistent or _layer_symbols(retriever, g, key_padding_mask=tgt_padding_mask,
+                                                   causal=block.causal)
+                g, weights = block(g, h, sym[0], **common)
+                layers.append(_record("decoder", i, block, g, weights, *sym))
             else:
                 g, weights = block(g, h, **common)
                 layers.append(_record("decoder", i, block, g, weights))
@@ -303,17 +328,20 @@ def analyze_vision(model: nn.Module, img: Tensor, *, eval_mode: bool = True,
     """
     if model_family(model) != "vision":
         raise TypeError(f"analyze_vision needs a vision model, got {type(model).__name__}")
-    retriever = getattr(model, "symbol_retriever", None) if getattr(model, "uses_symbols", False) else None
+    dat = bool(getattr(model, "uses_symbols", False))
+    retriever = getattr(model, "symbol_retriever", None)
     layers = []
     with _mode(model, eval_mode, keep_grad):
         x = model.embed(img)  # (B, 1 + patches, d)
+        rope = model.rope(x.shape[1])
+        persistent = _persistent(model, retriever, x)
         for i, block in enumerate(model.encoder_blocks):
-            if retriever is not None:
-                symbols, sym_attn, sym_ids = retrieve_symbols_with_weights(retriever, x)
-                x, weights = block(x, symbols, return_weights=True)
-                layers.append(_record("blocks", i, block, x, weights, symbols, sym_attn, sym_ids))
+            if dat:
+                sym = persistent or _layer_symbols(retriever, x)
+                x, weights = block(x, sym[0], return_weights=True, **rope)
+                layers.append(_record("blocks", i, block, x, weights, *sym))
             else:
-                x, weights = block(x, return_weights=True)
+                x, weights = block(x, return_weights=True, **rope)
                 layers.append(_record("blocks", i, block, x, weights))
         pooled = x[:, 0] if model.pool == "cls" else x.mean(dim=1)  # (B, d)
         logits = model.final_out(pooled)  # (B, num_classes)

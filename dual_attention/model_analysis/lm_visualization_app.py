@@ -68,7 +68,7 @@ def model_dims(model) -> dict[str, Any]:
             sa = max(sa, block.self_attn.n_heads)
             continue
         sa, ra = max(sa, da.n_heads_sa), max(ra, da.n_heads_ra)
-        if da.use_rel_attn and da.ra_type != "rca":
+        if da.use_rel_attn and da.ra_type not in ("rca", "hadamard"):  # these have no separate relations
             mod = da.relational_attention
             n_rel = max(n_rel, getattr(mod, "n_relations", mod.n_heads))
     retrievers = model.layers["symbol_retrievers"] if "symbol_retrievers" in model.layers else []
