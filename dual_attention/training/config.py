@@ -55,6 +55,12 @@ class ModelConfig:
     ``num_classes`` from the vision data, ``dff = 4 d_model``, ``n_symbols = max_block_size``,
     ``symbol_heads = n_heads_ra``. ``extra_kwargs`` is merged last into the constructor's keyword
     arguments (an escape hatch for options without a field, e.g. ``symbol_retriever_config``).
+
+    Options from the authors' work after the paper: ``ra_type=hadamard`` (Hadamard dual attention; with
+    ``symbol_retrieval=none`` it uses no symbols), ``qk_norm`` (RMS-normalised queries/keys, Hadamard only),
+    ``symmetric_attn`` (W_k = W_q in the SA and RA heads), ``update_symbols_each_layer=false`` (symbols
+    retrieved once from the embeddings). ``pos_enc_type`` applies to every family: ``RoPE``, or ``pos_emb``
+    for the published encoding (learned for LM and vision, sinusoidal for seq2seq).
     """
 
     family: str = "lm"
@@ -68,6 +74,9 @@ class ModelConfig:
     n_relations: int | None = None
     rel_activation: str = "identity"
     symmetric_rels: bool = False
+    symmetric_attn: bool = False
+    qk_norm: bool = False
+    update_symbols_each_layer: bool = True
     ra_type: str = "relational_attention"
     share_attn_params: bool = False
     symbol_retrieval: str = "symbolic_attention"
@@ -204,8 +213,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.family": ("lm", "seq2seq", "vision"),
     "model.arch": ("dat", "transformer"),
     "model.norm_type": ("layernorm", "rmsnorm", "none"),
-    "model.ra_type": ("relational_attention", "rca", "disrca"),
-    "model.symbol_retrieval": ("symbolic_attention", "positional_symbols", "position_relative", "rel_sym_attn"),
+    "model.ra_type": ("relational_attention", "rca", "disrca", "hadamard"),
+    "model.symbol_retrieval": ("symbolic_attention", "positional_symbols", "position_relative", "rel_sym_attn",
+                               "none"),
     "model.pos_enc_type": ("pos_emb", "RoPE"),
     "model.pool": ("cls", "mean"),
     "data.format": ("auto", "text", "bin", "tsv", "pt", "image_folder", "synthetic", "hf"),

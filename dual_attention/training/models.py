@@ -76,6 +76,8 @@ def model_family(model: nn.Module) -> str:
 def _symbol_kwargs(cfg: ModelConfig, max_len: int) -> tuple[dict, dict]:
     """(symbol_retrieval_kwargs, extra ra_kwargs) for ``cfg.symbol_retrieval``."""
     sr = cfg.symbol_retrieval
+    if sr == "none":
+        return None, {}
     if sr == "symbolic_attention":
         return (
             {
@@ -116,12 +118,35 @@ def _ra_kwargs(cfg: ModelConfig, extra: dict) -> dict:
         ra["rel_activation"] = cfg.rel_activation
     if cfg.symmetric_rels:
         ra["symmetric_rels"] = True
+    if cfg.symmetric_attn:
+        ra["symmetric_attn"] = True
+    if cfg.qk_norm:
+        if cfg.ra_type != "hadamard":
+            raise ConfigError(f"model.qk_norm=true needs model.ra_type=hadamard, got {cfg.ra_type}")
+        ra["qk_norm"] = True
     ra.update(extra)
     return ra
 
 
 def _sa_kwargs(cfg: ModelConfig) -> dict:
-    return {"n_kv_heads": cfg.n_kv_heads} if cfg.n_kv_heads else {}
+    sa: dict[str, Any] = {"n_kv_heads": cfg.n_kv_heads} if cfg.n_kv_heads else {}
+    if cfg.symmetric_attn:
+        sa["symmetric_attn"] = True
+    return sa
+
+
+def _symbol_retrieval(cfg: ModelConfig) -> str | None:
+    return None if cfg.symbol_retrieval == "none" else cfg.symbol_retrieval
+
+
+def _dat_options(cfg: ModelConfig) -> dict[str, Any]:
+    """``update_symbols_each_layer`` where it differs from the published behaviour (else nothing)."""
+    return {} if cfg.update_symbols_each_layer else {"update_symbols_each_layer": False}
+
+
+def _pos_enc(cfg: ModelConfig) -> dict[str, Any]:
+    """``pos_enc_type`` for the seq2seq/vision constructors (only RoPE is passed: the default is published)."""
+    return {"pos_enc_type": "RoPE"} if cfg.pos_enc_type == "RoPE" else {}
 
 
 def _n_heads(cfg: ModelConfig) -> int:
@@ -158,12 +183,13 @@ def model_kwargs(cfg: ModelConfig) -> dict[str, Any]:
                 **common,
                 "n_heads_sa": cfg.n_heads_sa,
                 "n_heads_ra": cfg.n_heads_ra,
-                "symbol_retrieval": cfg.symbol_retrieval,
+                "symbol_retrieval": _symbol_retrieval(cfg),
                 "symbol_retrieval_kwargs": sym_kw,
                 "sa_kwargs": _sa_kwargs(cfg),
                 "ra_kwargs": _ra_kwargs(cfg, ra_extra),
                 "ra_type": cfg.ra_type,
                 "share_attn_params": cfg.share_attn_params,
+                **_dat_options(cfg),
             }
         else:
             kw = {**common, "n_heads": _n_heads(cfg)}
@@ -207,10 +233,11 @@ def model_kwargs(cfg: ModelConfig) -> dict[str, Any]:
                 "share_attn_params": cfg.share_attn_params,
             }
             kw.update(
-                symbol_retrieval=cfg.symbol_retrieval,
+                symbol_retrieval=_symbol_retrieval(cfg),
                 symbol_retrieval_kwargs=sym_kw,
                 encoder_kwargs={**dual, "causal": False},
                 decoder_kwargs={**dual, "n_heads_cross": n_cross, "causal": True},
+                **_dat_options(cfg),
             )
         else:
             h = _n_heads(cfg)
@@ -218,6 +245,7 @@ def model_kwargs(cfg: ModelConfig) -> dict[str, Any]:
                 encoder_kwargs={**block, "n_heads": h, "causal": False},
                 decoder_kwargs={**block, "n_heads": h, "n_heads_cross": n_cross, "causal": True},
             )
+        kw.update(_pos_enc(cfg))
     else:  # vision
         if not cfg.image_shape or not cfg.num_classes:
             raise ConfigError(
@@ -245,14 +273,16 @@ def model_kwargs(cfg: ModelConfig) -> dict[str, Any]:
             kw.update(
                 n_heads_sa=cfg.n_heads_sa,
                 n_heads_ra=cfg.n_heads_ra,
-                symbol_retrieval=cfg.symbol_retrieval,
+                symbol_retrieval=_symbol_retrieval(cfg),
                 symbol_retrieval_kwargs=sym_kw,
                 ra_type=cfg.ra_type,
                 ra_kwargs=_ra_kwargs(cfg, ra_extra),
                 sa_kwargs=_sa_kwargs(cfg),
+                **_dat_options(cfg),
             )
         else:
             kw["n_heads"] = _n_heads(cfg)
+        kw.update(_pos_enc(cfg))
     kw.update(cfg.extra_kwargs)
     return kw
 

@@ -71,9 +71,16 @@ def _paper_lm(arch: str, d_model: int, heads: int, lr: float, **model: object) -
 
 
 def _tiny(family: str, arch: str) -> dict:
-    """A tiny CPU preset on the family's synthetic task (trains in seconds to minutes on 2 cores)."""
-    model: dict = {"family": family, "arch": arch, "d_model": 64, "n_layers": 2, "dff": 128}
-    if arch == "dat":
+    """A tiny CPU preset on the family's synthetic task (trains in seconds to minutes on 2 cores).
+
+    ``arch='hadamard'`` is DAT with Hadamard dual attention (``ra_type='hadamard'``), QK-norm and no symbols,
+    otherwise the same sizes as the DAT and Transformer presets of the family, for a comparison on the same data.
+    """
+    model: dict = {"family": family, "arch": "dat" if arch == "hadamard" else arch, "d_model": 64, "n_layers": 2,
+                   "dff": 128}
+    if arch == "hadamard":
+        model.update(n_heads_sa=2, n_heads_ra=2, ra_type="hadamard", qk_norm=True, symbol_retrieval="none")
+    elif arch == "dat":
         model.update(n_heads_sa=2, n_heads_ra=2, n_symbols=32, symbol_heads=2)
     else:
         model.update(n_heads=4)
@@ -99,10 +106,13 @@ def _tiny(family: str, arch: str) -> dict:
 PRESETS: dict[str, dict] = {
     "lm-tiny-dat": _tiny("lm", "dat"),
     "lm-tiny-transformer": _tiny("lm", "transformer"),
+    "lm-tiny-hadamard": _tiny("lm", "hadamard"),
     "seq2seq-tiny-dat": _tiny("seq2seq", "dat"),
     "seq2seq-tiny-transformer": _tiny("seq2seq", "transformer"),
+    "seq2seq-tiny-hadamard": _tiny("seq2seq", "hadamard"),
     "vision-tiny-dat": _tiny("vision", "dat"),
     "vision-tiny-transformer": _tiny("vision", "transformer"),
+    "vision-tiny-hadamard": _tiny("vision", "hadamard"),
     "lm-dat-343m": _paper_lm("dat", 1024, 16, 6e-4, n_kv_heads=4, n_symbols=1024, symbol_heads=8),
     "lm-dat-734m": _paper_lm(
         "dat", 1536, 24, 3e-4, n_kv_heads=6, n_relations=64, n_symbols=1536, symbol_heads=12
