@@ -139,7 +139,7 @@ class DualAttention(nn.Module):
 
     @property
     def supports_kv_cache(self) -> bool:
-        return not self.use_rel_attn or self.is_hadamard or isinstance(self.relational_attention, RelationalAttention)
+        return True  # every relational module (RA, RCA, DisRCA, Hadamard) keeps a KV cache
 
     def init_kv_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> nn.ModuleDict:
         if self.is_hadamard:

@@ -328,6 +328,32 @@ class _CrossAttentionBase(nn.Module):
         b, n, _ = x.shape
         return proj(x).view(b, n, heads, self.head_dim)  # (B, n, heads, D)
 
+    # ---------------------------------------------------------------------------------------------- cache
+    _CACHED_KEYS: tuple[str, ...] = ()
+
+    def cache_spec(self) -> dict[str, tuple[int, ...]]:
+        """Per position: the keys of :attr:`_CACHED_KEYS` and the symbol values ``v`` (not for relative symbols,
+        whose values depend on the offset only), each ``(Hkv, D)``."""
+        names = self._CACHED_KEYS + (() if self.use_relative_positional_symbols else ("v",))
+        return {name: (self.n_kv_heads, self.head_dim) for name in names}
+
+    def init_kv_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> KVCache:
+        return KVCache(self.cache_spec(), batch_size, max_len, device=device, dtype=dtype, position_major=frozenset())
+
+    def _cache(self, kv_cache: KVCache | None, input_pos: Tensor | None, keys: dict[str, Tensor], values):
+        """Write this step's keys ``(B, n, Hkv, D)`` and per-token values ``(B, Hkv, n, D)`` into ``kv_cache`` and
+        return ``(keys over the cache, values over the cache, query positions or None)``; no-op without a cache."""
+        if kv_cache is None:
+            return keys, values, None
+        if input_pos is None:
+            raise ValueError("input_pos is required when a KVCache is given")
+        if isinstance(values, Tensor) and values.dim() == 5:
+            raise ValueError("incremental decoding needs RelativeSymbols, not a materialised [n, n, d] tensor")
+        keys = {name: kv_cache.update(name, input_pos, t) for name, t in keys.items()}
+        if isinstance(values, Tensor):
+            values = kv_cache.update("v", input_pos, values.transpose(1, 2)).transpose(1, 2)  # (B, Hkv, Lk, D)
+        return keys, values, input_pos
+
     def _finish(self, out: Tensor, b: int, n: int) -> Tensor:
         out = out.transpose(1, 2).reshape(b, n, self.n_heads * self.head_dim)  # (B, n, H*D)
         return self.resid_dropout(self.wo(out))
@@ -367,6 +393,8 @@ class RelationalCrossAttention(_CrossAttentionBase):
         self.attn_dropout = nn.Dropout(dropout)
         self.resid_dropout = nn.Dropout(dropout)
 
+    _CACHED_KEYS = ("k",)
+
     def forward(
         self,
         x: Tensor,
@@ -378,17 +406,24 @@ class RelationalCrossAttention(_CrossAttentionBase):
         *,
         need_weights: bool = True,
         key_padding_mask: Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        input_pos: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """Returns ``(out (B, n, H*D), scores (B, H, n, n) after dropout, or None unless need_weights)``."""
+        """Returns ``(out (B, n, H*D), scores (B, H, n, Lk) after dropout, or None unless need_weights)``.
+
+        ``kv_cache``/``input_pos``: incremental decoding (keys and symbol values of the past are cached)."""
         check_sequence_input("x", x, self.d_model)
         _check_symbols(symbols, x, self.use_relative_positional_symbols)
         b, n, _ = x.shape
         q, k = self._split(self.wq, x, self.n_heads), self._split(self.wk, x, self.n_kv_heads)
         if freqs_cos is not None and freqs_sin is not None:
             q, k = apply_rotary_emb(q, k, freqs_cos, freqs_sin)
-        q, k = q.transpose(1, 2), repeat_kv(k, self.n_rep_kv).transpose(1, 2)  # (B, H, n, D)
         values = _cross_attention_symbol_values(self, symbols, b, n)
-        mask, causal = build_attn_mask(attn_mask, is_causal, key_padding_mask, n, n, device=x.device,
+        keys, values, q_pos = self._cache(kv_cache, input_pos, {"k": k}, values)
+        k = keys["k"]
+        lk = k.shape[1]
+        q, k = q.transpose(1, 2), repeat_kv(k, self.n_rep_kv).transpose(1, 2)  # (B, H, n, D), (B, H, Lk, D)
+        mask, causal = build_attn_mask(attn_mask, is_causal, key_padding_mask, n, lk, q_pos=q_pos, device=x.device,
                                        batch_size=b, n_heads=self.n_heads)
         softmax = self.activation_name == "softmax"
         if softmax and not need_weights and isinstance(values, Tensor) and values.dim() == 4:
@@ -396,7 +431,7 @@ class RelationalCrossAttention(_CrossAttentionBase):
                 q, k, repeat_kv(values.transpose(1, 2), self.n_rep_kv).transpose(1, 2), attn_mask=mask,
                 is_causal=causal, scale=self.attn_scale, dropout_p=self.dropout if self.training else 0.0)
             return self._finish(out, b, n), None
-        positions = torch.arange(n, device=x.device)
+        positions = torch.arange(n, device=x.device) if q_pos is None else q_pos  # of the queries
 
         def attend(start: int, end: int, q_b: Tensor) -> tuple[Tensor, Tensor]:
             """Output and weights of the queries ``start:end`` (all of them when the weights are asked for)."""
@@ -459,6 +494,8 @@ class DisentangledRelationalCrossAttention(_CrossAttentionBase):
         self.attn_dropout = nn.Dropout(dropout)
         self.resid_dropout = nn.Dropout(dropout)
 
+    _CACHED_KEYS = ("k_attn", "k_rel")
+
     def _weights(self, q, k, q_rel, k_rel, mask) -> tuple[Tensor, Tensor, Tensor]:
         """``(α, ρ, Dropout(α ⊙ ρ))``, each ``(B, H, Lq, Lk)``."""
         logits = torch.matmul(q, k.transpose(-2, -1)) * self.attn_scale  # (B, H, Lq, Lk)
@@ -479,23 +516,31 @@ class DisentangledRelationalCrossAttention(_CrossAttentionBase):
         *,
         need_weights: bool = True,
         key_padding_mask: Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        input_pos: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """Returns ``(out, attn (B, H, n, n) before dropout, rel (B, H, n, n))``; weights only if need_weights."""
+        """Returns ``(out, attn (B, H, n, Lk) before dropout, rel (B, H, n, Lk))``; weights only if need_weights.
+
+        ``kv_cache``/``input_pos``: incremental decoding (attention keys, relation keys and symbol values cached)."""
         check_sequence_input("x", x, self.d_model)
         _check_symbols(symbols, x, self.use_relative_positional_symbols)
         b, n, _ = x.shape
         q, k = self._split(self.wq_attn, x, self.n_heads), self._split(self.wk_attn, x, self.n_kv_heads)
         if freqs_cos is not None and freqs_sin is not None:
             q, k = apply_rotary_emb(q, k, freqs_cos, freqs_sin)
-        q, k = q.transpose(1, 2), repeat_kv(k, self.n_rep_kv).transpose(1, 2)  # (B, H, n, D)
-        q_rel = self._split(self.wq_rel, x, self.n_heads).transpose(1, 2)  # (B, H, n, D)
-        k_rel = repeat_kv(self._split(self.wk_rel, x, self.n_kv_heads), self.n_rep_kv).transpose(1, 2)
         values = _cross_attention_symbol_values(self, symbols, b, n)
-        mask, causal = build_attn_mask(attn_mask, is_causal, key_padding_mask, n, n, device=x.device,
+        keys, values, q_pos = self._cache(kv_cache, input_pos, {"k_attn": k,
+                                                                "k_rel": self._split(self.wk_rel, x, self.n_kv_heads)},
+                                          values)
+        lk = keys["k_attn"].shape[1]
+        q, k = q.transpose(1, 2), repeat_kv(keys["k_attn"], self.n_rep_kv).transpose(1, 2)  # (B, H, n | Lk, D)
+        q_rel = self._split(self.wq_rel, x, self.n_heads).transpose(1, 2)  # (B, H, n, D)
+        k_rel = repeat_kv(keys["k_rel"], self.n_rep_kv).transpose(1, 2)  # (B, H, Lk, D)
+        mask, causal = build_attn_mask(attn_mask, is_causal, key_padding_mask, n, lk, q_pos=q_pos, device=x.device,
                                        batch_size=b, n_heads=self.n_heads)
         if causal:
             mask = compute_causal_mask(n, device=x.device)[None, None]
-        positions = torch.arange(n, device=x.device)
+        positions = torch.arange(n, device=x.device) if q_pos is None else q_pos  # of the queries
         if need_weights:
             attn, rel, weights = self._weights(q, k, q_rel, k_rel, mask)
             out = attend_values(weights, values, positions)

@@ -299,12 +299,37 @@ def test_seq2seq_sampling_and_eos(make_seq2seq_dat):
     assert torch.equal(a, b)
 
 
+ABLATIONS = [(ra_type, retriever, gqa) for ra_type in ("rca", "disrca") for retriever in RETRIEVERS
+             for gqa in (False, True)] + [("rca", "symbolic_attention", False, "sigmoid")]
+
+
+@pytest.mark.parametrize("case", ABLATIONS, ids=str)
+@pytest.mark.parametrize("prefill", [3, 20])
+def test_ablation_lms_cached_logits_equal_full_forward(make_dat_lm, case, prefill):
+    """RCA and DisRCA keep a KV cache too (keys, relation keys, symbol values): every DAT variant decodes
+    incrementally, with the logits of the full forward."""
+    ra_type, retriever, gqa, *act = case
+    ra_kwargs = dict(use_relative_positional_symbols=retriever == "position_relative")
+    if gqa:
+        ra_kwargs["n_kv_heads"] = 1
+    if act:
+        ra_kwargs["activation"] = act[0]
+    model = make_dat_lm(ra_type=ra_type, symbol_retrieval=retriever, ra_kwargs=ra_kwargs,
+                        max_block_size=BLOCK).double().eval()
+    assert model.supports_kv_cache
+    x = torch.randint(0, model.vocab_size, (3, 30))
+    with torch.no_grad():
+        full, _ = model(x)
+        incremental = _incremental_logits(model, x, prefill, max_len=40)
+    torch.testing.assert_close(incremental, full, rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize("ra_type", ["rca", "disrca"])
-def test_ablation_lms_generate_without_a_cache(make_dat_lm, ra_type, monkeypatch):
-    """RCA/DisRCA layers keep no cache: their LMs re-run the model per token (and say so), with the same tokens."""
+def test_ablation_lms_generate_with_the_cache(make_dat_lm, ra_type):
     model = make_dat_lm(ra_type=ra_type).eval()
-    assert not model.supports_kv_cache
-    monkeypatch.setattr(model, "init_kv_cache", lambda *a, **k: pytest.fail("a cache was built"))
     prompt = torch.randint(0, model.vocab_size, (2, 9))
     out = model.generate(prompt, 6, temperature=0.0)
     assert out.shape == (2, 15) and torch.equal(out, model.generate(prompt, 6, temperature=0.0, use_cache=False))
+    cache = model.layers.blocks[0].init_kv_cache(2, 8)
+    expected = {"rca": {"k", "v"}, "disrca": {"k_attn", "k_rel", "v"}}[ra_type]
+    assert set(cache["ra"].names) == expected
