@@ -218,6 +218,9 @@ class HadamardDualAttention(nn.Module):
             weights = self.attn_dropout(torch.softmax(logits, dim=-1))
             y = torch.matmul(weights, values)  # (B, H, n, c*D)
         else:
+            width = values.shape[-1]
+            if x.device.type == "cpu":  # the CPU flash kernel needs q, k and v of one width: zero-pad q and k to it
+                q, k = F.pad(q, (0, width - hd)), F.pad(k, (0, width - hd))  # (B, H, n | Lk, c*D); same scores
             y = F.scaled_dot_product_attention(q, k, values, attn_mask=mask, is_causal=causal, scale=self.attn_scale,
                                                dropout_p=self.dropout if self.training else 0.0)  # (B, H, n, c*D)
         q_rel = self._rel_queries(x)  # (B, H_ra, n, D)
