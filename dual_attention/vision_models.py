@@ -184,7 +184,8 @@ class VisionDualAttnTransformer(_VisionModel):
 
     def __init__(self, image_shape, patch_size, num_classes: int, d_model: int, n_layers: int, n_heads_sa: int,
                  n_heads_ra: int, dff: int | None, dropout_rate: float, activation: str, norm_first: bool,
-                 symbol_retrieval: str, symbol_retrieval_kwargs: dict, ra_type: str = "relational_attention",
+                 symbol_retrieval: str | None, symbol_retrieval_kwargs: dict | None,
+                 ra_type: str = "relational_attention",
                  ra_kwargs: dict | None = None, sa_kwargs: dict | None = None, norm_type: str = "layernorm",
                  bias: bool = True, pool: str = "cls", update_symbols_each_layer: bool = True,
                  pos_enc_type: str = "pos_emb") -> None:
