@@ -316,3 +316,28 @@ def test_errors_name_the_argument(make_dat_lm, make_vidat):
         layer(torch.randn(1, 4, D_MODEL), None)
     with pytest.raises(ValueError, match="use_symbols=False: pass symbols=None"):
         HadamardDualAttention(D_MODEL, 2, 2, use_symbols=False)(torch.randn(1, 4, D_MODEL), torch.randn(1, 4, D_MODEL))
+
+
+def test_lm_causality_and_right_padding(make_dat_lm):
+    model = _lm(make_dat_lm, True, n_kv_heads=2, qk_norm=True).double().eval()
+    x = torch.randint(0, model.vocab_size, (2, 16))
+    changed = x.clone()
+    changed[:, 10:] = (changed[:, 10:] + 1) % model.vocab_size
+    pad = torch.ones(2, 16, dtype=torch.bool)
+    pad[1, 12:] = False
+    with torch.no_grad():
+        full = model(x)[0]
+        torch.testing.assert_close(model(changed)[0][:, :10], full[:, :10], rtol=0, atol=1e-11)
+        padded = model(x, key_padding_mask=pad)[0]
+        torch.testing.assert_close(padded[1, :12], model(x[1:, :12])[0][0], rtol=0, atol=1e-11)
+
+
+def test_bf16_autocast_close_to_float32(make_dat_lm):
+    model = _lm(make_dat_lm, True, n_kv_heads=2, qk_norm=True)
+    x = torch.randint(0, model.vocab_size, (2, 24))
+    reference_loss = model(x, x)[1].item()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, loss = model(x, x)
+    loss.backward()
+    assert abs(loss.item() - reference_loss) < 0.02 * reference_loss
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -36,6 +36,9 @@ LM_VARIANTS = {
     "position_relative": dict(symbol_retrieval="position_relative"),
     "unshared_pos_emb": dict(pos_enc_type="pos_emb", symbol_retriever_config=dict(shared_symbol_retriever=False)),
     "rmsnorm_relu_rel": dict(norm_type="rmsnorm", ra_kwargs=dict(rel_activation="relu", n_relations=4)),
+    "hadamard": dict(ra_type="hadamard", ra_kwargs=dict(qk_norm=True, n_kv_heads=2)),
+    "hadamard_no_symbols": dict(ra_type="hadamard", symbol_retrieval=None, symbol_retrieval_kwargs=None),
+    "persistent_symbols": dict(update_symbols_each_layer=False, ra_kwargs=dict(symmetric_attn=True)),
 }
 
 
@@ -69,7 +72,7 @@ def test_lm_analysis_matches_forward_and_shapes(make_dat_lm, variant):
             assert float(layer.sa_attn[..., future_mask(11)].abs().max()) == 0.0  # causal
         if ra:
             assert layer.ra_attn.shape == (2, ra, 11, 11)
-            if model.ra_type == "rca":
+            if model.ra_type in ("rca", "hadamard"):
                 assert layer.relations is None
             else:
                 n_rel = getattr(model.layers.blocks[i].dual_attn.relational_attention, "n_relations", ra)
@@ -183,6 +186,28 @@ def test_seq2seq_transformer_and_vision(make_seq2seq_transformer, make_vidat, ma
             torch.testing.assert_close(res.output, model.eval()(img), rtol=1e-5, atol=1e-5)
         assert res.family == "vision" and res.layers[0].sa_attn.shape[-1] == 5  # cls + 4 patches
         assert not res.layers[0].causal
+
+
+def test_analysis_follows_rope_persistent_symbols_and_hadamard(make_seq2seq_dat, make_vidat):
+    """The analysis passes match the forward for the post-paper options (RoPE, persistent symbols, no symbols)."""
+    src, tgt = torch.randint(0, 23, (2, 8)), torch.randint(0, 19, (2, 5))
+    hadamard = dict(n_heads_sa=2, n_heads_ra=2, dff=32, activation="gelu", dropout_rate=0.0, norm_first=True,
+                    ra_type="hadamard")
+    for kw in (dict(pos_enc_type="RoPE", update_symbols_each_layer=False, symbol_retrieval="rel_sym_attn"),
+               dict(symbol_retrieval=None, symbol_retrieval_kwargs=None, encoder_kwargs=hadamard,
+                    decoder_kwargs=dict(hadamard, n_heads_cross=2, causal=True), pos_enc_type="RoPE")):
+        model = make_seq2seq_dat(**kw)
+        res = A.analyze(model, src, tgt)
+        with torch.no_grad():
+            torch.testing.assert_close(res.output, model.decode(tgt, model.encode(src)), rtol=1e-5, atol=1e-5)
+    img = torch.randn(2, 3, 8, 8)
+    for kw in (dict(pos_enc_type="RoPE", update_symbols_each_layer=False),
+               dict(ra_type="hadamard", symbol_retrieval=None, symbol_retrieval_kwargs=None, ra_kwargs={})):
+        model = make_vidat(**kw)
+        res = A.analyze(model, img)
+        with torch.no_grad():
+            torch.testing.assert_close(res.output, model.eval()(img), rtol=1e-5, atol=1e-5)
+        assert res.layers[0].ra_attn.shape == (2, 2, 5, 5)
 
 
 # --------------------------------------------------------------------------------------------- datlm_utils
