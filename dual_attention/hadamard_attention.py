@@ -18,7 +18,8 @@ symbol term is optional (``use_symbols=False``: a model with ``symbol_retrieval=
 ``W_qrel^h = W_krel^{g(h)}`` (``wq_rel`` *is* ``wk_rel``), so the relation (W x_i) ⊙ (W x_j) is symmetric in i, j.
 ``symmetric_attn`` ties ``W_k = W_q`` (``wk`` *is* ``wq``; needs ``n_kv_heads == n_heads``). A relation activation
 ``rel_activation = φ ≠ identity`` gives ``y_h,i = Σ_j α_ij^h φ((W_qrel^h x_i) ⊙ (W_krel^g x_j)) (+ Y_sym)``, which
-does not factorise: it is computed by materialising the ``(B, H_ra, Lq, Lk, D)`` products (the "materialised path").
+does not factorise: it is computed by materialising the ``(B, H_ra, Lq, Lk, D)`` products (the "materialised path",
+a block of ``RELATION_BLOCK_SIZE`` queries at a time, checkpointed under autograd).
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ from dual_attention.attention import check_head_geometry, check_sequence_input
 from dual_attention.attention_utils import apply_rotary_emb, build_attn_mask, mask_to_additive, repeat_kv
 from dual_attention.kv_cache import KVCache
 from dual_attention.model_utils import ACTIVATIONS, get_activation_function
-from dual_attention.relational_functional import DECODE_MAX_QUERIES
+from dual_attention.relational_functional import DECODE_MAX_QUERIES, map_query_blocks
+
+#: queries per block of the materialised path (non-identity ``rel_activation``): O(block · Lk · D) memory a head
+RELATION_BLOCK_SIZE = 128
 
 #: symbol retrievals a Hadamard layer takes (per-token symbols, or none)
 HADAMARD_SYMBOL_RETRIEVALS = ("symbolic_attention", "positional_symbols", "rel_sym_attn", None)
@@ -226,10 +230,14 @@ class HadamardDualAttention(nn.Module):
         q_rel = self._rel_queries(x)  # (B, H_ra, n, D)
         if identity:
             rel = q_rel * y[:, sa:, :, u0:u0 + hd]  # (W_qrel x_i) ⊙ Σ_j α_ij u_j
-        else:  # Σ_j α_ij φ((W_qrel x_i) ⊙ u_j): the (B, H_ra, n, Lk, D) products are materialised
+        else:  # Σ_j α_ij φ((W_qrel x_i) ⊙ u_j): the products are materialised, a block of queries at a time
             u = values[:, sa:, :, u0:u0 + hd]  # (B, H_ra, Lk, D)
-            rel = torch.einsum("bhij,bhijd->bhid", weights[:, sa:],
-                               self.rel_activation(q_rel[:, :, :, None, :] * u[:, :, None, :, :]))
+
+            def activated(start: int, end: int, w: Tensor, qr: Tensor) -> Tensor:
+                products = qr[:, :, :, None, :] * u[:, :, None, :, :]  # (B, H_ra, block, Lk, D)
+                return torch.einsum("bhij,bhijd->bhid", w, self.rel_activation(products))
+
+            rel = map_query_blocks(activated, n, RELATION_BLOCK_SIZE, weights[:, sa:], q_rel)  # (B, H_ra, n, D)
         if self.use_symbols:
             rel = rel + y[:, sa:, :, u0 + hd:]
         out = torch.cat([y[:, :sa, :, :hd], rel], dim=1)  # (B, H, n, D)

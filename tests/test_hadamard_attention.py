@@ -341,3 +341,19 @@ def test_bf16_autocast_close_to_float32(make_dat_lm):
     loss.backward()
     assert abs(loss.item() - reference_loss) < 0.02 * reference_loss
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_materialised_path_in_query_blocks(monkeypatch):
+    """A non-identity φ runs a block of queries at a time (checkpointed): the same values and gradients."""
+    import dual_attention.hadamard_attention as module
+
+    layer = HadamardDualAttention(D_MODEL, 1, 3, rel_activation="gelu", n_kv_heads=2).double()
+    x = torch.randn(2, 11, D_MODEL, dtype=torch.float64, requires_grad=True)
+    s = torch.randn(2, 11, D_MODEL, dtype=torch.float64)
+    whole, _ = layer(x, s, is_causal=True)
+    (g_whole,) = torch.autograd.grad(whole.square().sum(), x)
+    monkeypatch.setattr(module, "RELATION_BLOCK_SIZE", 4)
+    blocked, _ = layer(x, s, is_causal=True)
+    (g_blocked,) = torch.autograd.grad(blocked.square().sum(), x)
+    torch.testing.assert_close(blocked, whole, rtol=0, atol=1e-13)
+    torch.testing.assert_close(g_blocked, g_whole, rtol=0, atol=1e-12)
