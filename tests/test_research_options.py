@@ -285,3 +285,34 @@ def test_qk_norm_needs_hadamard_in_the_config():
 
     with pytest.raises(ConfigError, match="model.qk_norm=true needs model.ra_type=hadamard"):
         model_kwargs(ModelConfig(vocab_size=37, qk_norm=True))
+
+
+@pytest.mark.parametrize("family", ["lm", "seq2seq", "vision"])
+def test_tiny_hadamard_presets_train_and_reload(family, tmp_path):
+    """``dat train <family>-tiny-hadamard``: the model is Hadamard-DAT without symbols, it learns, its checkpoint
+    reloads to the same outputs."""
+    from dual_attention.hf import load_pretrained
+    from dual_attention.training.config import load_config
+    from dual_attention.training.trainer import train
+
+    cfg = load_config(f"{family}-tiny-hadamard", [
+        "model.d_model=32", "model.n_layers=1", "model.dff=64", "model.max_block_size=16", "train.batch_size=8",
+        "train.eval_iters=2", "train.progress=false", "data.synthetic_size=400", "optim.warmup_iters=2",
+        "train.max_iters=6", "train.eval_interval=6", "optim.learning_rate=5e-3"])
+    cfg.train.out_dir = str(tmp_path / "run")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        res = train(cfg, verbose=False)
+    finally:
+        torch.set_num_threads(threads)
+    blocks = {"lm": lambda m: m.layers.blocks, "seq2seq": lambda m: m.layers.decoder_blocks,
+              "vision": lambda m: m.encoder_blocks}[family](res.model)
+    had = blocks[0].dual_attn.hadamard_attention
+    assert had.qk_norm and not had.use_symbols
+    val = [r["loss"] for r in res.history if r["split"] == "val"]
+    assert val[-1] < val[0]
+    loaded = load_pretrained(tmp_path / "run" / "checkpoint")
+    assert list(loaded.state_dict()) == list(res.model.state_dict())
+    for key, value in res.model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key].to(value.device), value), key
