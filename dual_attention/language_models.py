@@ -27,9 +27,7 @@ from dual_attention.attention_utils import precompute_freqs_cis
 from dual_attention.dual_attn_blocks import DualAttnEncoderBlock, check_rope_fits, check_symbol_options
 from dual_attention.generation import generate as _generate
 from dual_attention.optim import configure_optimizers
-from dual_attention.relational_attention import (
-    RelationalAttention,
-)
+from dual_attention.relational_attention import RelationalAttention
 from dual_attention.symbol_retrieval import (
     PositionalSymbolRetriever,
     PositionRelativeSymbolRetriever,

@@ -204,11 +204,9 @@ class _Seq2Seq(nn.Module):
         rope = self.rope("enc", h.shape[1])
         persistent = None if self.update_symbols_each_layer else self._symbols(h, key_padding_mask=src_padding_mask)
         for block in self.layers.encoder_blocks:
-            if self.uses_symbols:
-                symbols = persistent if persistent is not None else self._symbols(h, key_padding_mask=src_padding_mask)
-                h = block(h, symbols, key_padding_mask=src_padding_mask, **rope)
-            else:
-                h = block(h, key_padding_mask=src_padding_mask, **rope)
+            symbols = persistent if persistent is not None else self._symbols(h, key_padding_mask=src_padding_mask)
+            args = (h, symbols) if self.uses_symbols else (h,)
+            h = block(*args, key_padding_mask=src_padding_mask, **rope)
         return h
 
     def decode(self, y: Tensor, context: Tensor, src_padding_mask: Tensor | None = None,
