@@ -329,6 +329,7 @@ class _CrossAttentionBase(nn.Module):
         return proj(x).view(b, n, heads, self.head_dim)  # (B, n, heads, D)
 
     # ---------------------------------------------------------------------------------------------- cache
+    #: the per-head keys a cache keeps (besides the symbol values)
     _CACHED_KEYS: tuple[str, ...] = ()
 
     def cache_spec(self) -> dict[str, tuple[int, ...]]:
@@ -368,6 +369,8 @@ class RelationalCrossAttention(_CrossAttentionBase):
     weights are zeroed after it.
     """
 
+    _CACHED_KEYS = ("k",)
+
     def __init__(
         self,
         d_model: int,
@@ -392,8 +395,6 @@ class RelationalCrossAttention(_CrossAttentionBase):
         self.wo = nn.Linear(n_heads * self.head_dim, n_heads * self.head_dim, bias=add_bias_out)
         self.attn_dropout = nn.Dropout(dropout)
         self.resid_dropout = nn.Dropout(dropout)
-
-    _CACHED_KEYS = ("k",)
 
     def forward(
         self,
@@ -466,6 +467,8 @@ class DisentangledRelationalCrossAttention(_CrossAttentionBase):
     computation is query-blocked when the weights are not requested.
     """
 
+    _CACHED_KEYS = ("k_attn", "k_rel")
+
     def __init__(
         self,
         d_model: int,
@@ -493,8 +496,6 @@ class DisentangledRelationalCrossAttention(_CrossAttentionBase):
         self.wo = nn.Linear(n_heads * hd, n_heads * hd, bias=add_bias_out)
         self.attn_dropout = nn.Dropout(dropout)
         self.resid_dropout = nn.Dropout(dropout)
-
-    _CACHED_KEYS = ("k_attn", "k_rel")
 
     def _weights(self, q, k, q_rel, k_rel, mask) -> tuple[Tensor, Tensor, Tensor]:
         """``(α, ρ, Dropout(α ⊙ ρ))``, each ``(B, H, Lq, Lk)``."""
@@ -529,9 +530,8 @@ class DisentangledRelationalCrossAttention(_CrossAttentionBase):
         if freqs_cos is not None and freqs_sin is not None:
             q, k = apply_rotary_emb(q, k, freqs_cos, freqs_sin)
         values = _cross_attention_symbol_values(self, symbols, b, n)
-        keys, values, q_pos = self._cache(kv_cache, input_pos, {"k_attn": k,
-                                                                "k_rel": self._split(self.wk_rel, x, self.n_kv_heads)},
-                                          values)
+        k_rel = self._split(self.wk_rel, x, self.n_kv_heads)  # (B, n, Hkv, D)
+        keys, values, q_pos = self._cache(kv_cache, input_pos, {"k_attn": k, "k_rel": k_rel}, values)
         lk = keys["k_attn"].shape[1]
         q, k = q.transpose(1, 2), repeat_kv(keys["k_attn"], self.n_rep_kv).transpose(1, 2)  # (B, H, n | Lk, D)
         q_rel = self._split(self.wq_rel, x, self.n_heads).transpose(1, 2)  # (B, H, n, D)
