@@ -120,3 +120,16 @@ def test_inductor_training_step_equals_eager(make_dat_lm):
     torch.testing.assert_close(loss_c, loss, rtol=1e-5, atol=1e-6)
     for name, grad in grads.items():
         torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("ra_type", ["rca", "disrca", "hadamard"])
+def test_ablations_and_hadamard_compile_without_graph_breaks(make_dat_lm, ra_type):
+    """Training step and cached decoding step of the RCA, DisRCA and Hadamard LMs: one graph each."""
+    model = make_dat_lm(ra_type=ra_type, max_block_size=40)
+    x = torch.randint(0, model.vocab_size, (2, 24))
+    _no_breaks(torch._dynamo.explain(lambda a, b: model(a, b)[1])(x, x))
+    model.eval()
+    cache = model.init_kv_cache(2, 32)
+    with torch.no_grad():
+        model(x[:, :20], kv_cache=cache, input_pos=torch.arange(20))
+        _no_breaks(torch._dynamo.explain(_decode_step)(model, x[:, :1], cache, torch.tensor([20]), None))
