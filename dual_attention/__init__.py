@@ -4,26 +4,33 @@ The public modules keep the published package's names (``dual_attention.relation
 ``dual_attention.language_models``, ...); the main classes are also available from here.
 """
 
+import importlib
+
 __version__ = "0.1.0"
 
-from dual_attention.attention import Attention
-from dual_attention.dual_attention import DualAttention
-from dual_attention.dual_attn_blocks import DualAttnDecoderBlock, DualAttnEncoderBlock
-from dual_attention.language_models import DualAttnTransformerLM, TransformerLM
-from dual_attention.relational_attention import (
-    DisentangledRelationalCrossAttention,
-    RelationalAttention,
-    RelationalCrossAttention,
-)
-from dual_attention.seq2seq_models import Seq2SeqDualAttnTransformer, Seq2SeqTransformer
-from dual_attention.symbol_retrieval import (
-    PositionalSymbolRetriever,
-    PositionRelativeSymbolRetriever,
-    RelationalSymbolicAttention,
-    SymbolicAttention,
-)
-from dual_attention.transformer_blocks import DecoderBlock, EncoderBlock
-from dual_attention.vision_models import VisionDualAttnTransformer, VisionTransformer
+#: public name -> the module that defines it; imported on first use (PEP 562) so that ``import dual_attention``
+#: and ``dat --help`` do not import torch
+_EXPORTS = {
+    "Attention": "attention",
+    "DualAttention": "dual_attention",
+    "DualAttnDecoderBlock": "dual_attn_blocks",
+    "DualAttnEncoderBlock": "dual_attn_blocks",
+    "DualAttnTransformerLM": "language_models",
+    "TransformerLM": "language_models",
+    "DisentangledRelationalCrossAttention": "relational_attention",
+    "RelationalAttention": "relational_attention",
+    "RelationalCrossAttention": "relational_attention",
+    "Seq2SeqDualAttnTransformer": "seq2seq_models",
+    "Seq2SeqTransformer": "seq2seq_models",
+    "PositionalSymbolRetriever": "symbol_retrieval",
+    "PositionRelativeSymbolRetriever": "symbol_retrieval",
+    "RelationalSymbolicAttention": "symbol_retrieval",
+    "SymbolicAttention": "symbol_retrieval",
+    "DecoderBlock": "transformer_blocks",
+    "EncoderBlock": "transformer_blocks",
+    "VisionDualAttnTransformer": "vision_models",
+    "VisionTransformer": "vision_models",
+}
 
 __all__ = [
     "__version__",
@@ -47,3 +54,16 @@ __all__ = [
     "VisionTransformer",
     "VisionDualAttnTransformer",
 ]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dual_attention' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"dual_attention.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from dual_attention import __version__
+from dual_attention.training.cli_support import Parser
 
 #: command modules, in the order ``dat --help`` lists them
 COMMANDS = ("train", "eval", "generate", "info", "plot", "viz", "demo", "experiment")
@@ -23,7 +25,7 @@ class CLIError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="dat",
         description="Dual Attention Transformer: train, evaluate, generate, inspect, demonstrate.",
     )
@@ -49,11 +51,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except CLIError as e:
-        print(f"dat {args.command}: error: {e}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process fails alike: say it once
+            print(f"dat {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"dat {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (dat generate ... | head): stop quietly, as cat or yes do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout at exit
+        return 141
 
 
 if __name__ == "__main__":  # pragma: no cover

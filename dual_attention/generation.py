@@ -12,6 +12,7 @@ by later calls): on a CPU it removes most of the per-step overhead of small mode
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import torch
@@ -26,8 +27,9 @@ def sample_next_token(
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Pick one token per row from ``logits (B, V)``; ``temperature == 0`` is greedy (argmax)."""
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature} is not valid; it must be >= 0 (0 = greedy)")
+    finite_number = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+    if not (finite_number and 0 <= temperature < math.inf):  # also refuses NaN
+        raise ValueError(f"temperature={temperature!r} is not valid; it must be a finite number >= 0 (0 = greedy)")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k={top_k!r} is not valid; it must be a positive int or None")
     if top_p is not None and not 0.0 < top_p <= 1.0:

@@ -25,13 +25,15 @@ def run(args: argparse.Namespace) -> int:
 
     from dual_attention.cli import CLIError
     from dual_attention.training.cli_support import user_errors
+    from dual_attention.training.distributed import resolve_device
     from dual_attention.training.inference import evaluate_checkpoint
 
     if args.batch_size < 1 or args.max_batches < 1:
         raise CLIError(f"--batch-size and --max-batches must be >= 1, got {args.batch_size}, {args.max_batches}")
     with user_errors():
+        device = str(resolve_device(args.device, "--device"))
         loaded, metrics = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size,
-                                              max_batches=args.max_batches, device=args.device, seed=args.seed)
+                                              max_batches=args.max_batches, device=device, seed=args.seed)
     if args.json:
         print(json.dumps({"checkpoint": loaded.source, "data": args.data, **metrics}))
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 HELP = "generate text from a trained language model (streamed) or decode with a seq2seq model"
 
@@ -28,8 +29,8 @@ def register(subparsers) -> None:
 def _check(args, CLIError) -> None:
     if args.max_new_tokens < 0:
         raise CLIError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
-    if args.temperature < 0:
-        raise CLIError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+    if not 0 <= args.temperature < math.inf:  # NaN too
+        raise CLIError(f"--temperature must be a finite number >= 0 (0 = greedy), got {args.temperature}")
     if args.top_k is not None and args.top_k < 1:
         raise CLIError(f"--top-k must be >= 1, got {args.top_k}")
     if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
@@ -43,12 +44,14 @@ def run(args: argparse.Namespace) -> int:
 
     from dual_attention.cli import CLIError
     from dual_attention.training.cli_support import user_errors
+    from dual_attention.training.distributed import resolve_device
     from dual_attention.training.inference import load_trained
     from dual_attention.training.tokenizers import StreamDecoder
 
     _check(args, CLIError)
     with user_errors():
-        loaded = load_trained(args.checkpoint, map_location=args.device)
+        device = resolve_device(args.device, "--device")
+        loaded = load_trained(args.checkpoint, map_location=device)
     model, tok = loaded.model, loaded.tokenizer
     name = type(model).__name__.removesuffix("_HFHub")
     if loaded.family == "vision":
@@ -58,12 +61,10 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"checkpoint {args.checkpoint!r} has no tokenizer.json and its vocabulary "
                        "does not identify a tokenizer")
     torch.manual_seed(args.seed)
-    gen = torch.Generator(device=args.device).manual_seed(args.seed)
+    gen = torch.Generator(device=device).manual_seed(args.seed)
     if loaded.family == "seq2seq":
-        ids = tok.encode(args.prompt)
-        if not ids:
-            raise CLIError("--prompt (the source sequence) is empty")
-        src = torch.tensor([ids], dtype=torch.long, device=args.device)
+        src = _seq2seq_source(args.prompt, tok, model, CLIError)
+        src = src.to(device)
         out = model.generate(src, max_new_tokens=args.max_new_tokens, bos_token_id=tok.bos_token_id,
                              eos_token_id=tok.eos_token_id, temperature=args.temperature,
                              top_k=args.top_k, top_p=args.top_p)
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from dual_attention.generation import stream_generate
 
     ids = tok.encode(args.prompt) or tok.encode("\n")
-    idx = torch.tensor([ids], dtype=torch.long, device=args.device)
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
     if int(idx.max()) >= int(model.vocab_size):
         raise CLIError(f"the prompt has token ids >= the model's vocabulary ({model.vocab_size}): wrong tokenizer?")
     out = sys.stdout
@@ -95,3 +96,24 @@ def run(args: argparse.Namespace) -> int:
     out.write(dec.flush() + "\n")
     out.flush()
     return 0
+
+
+def _seq2seq_source(prompt: str, tok, model, CLIError):
+    """The source sequence as a (1, L) tensor; CLIError if empty or longer than the model's input context, a
+    warning on stderr for characters outside the vocabulary (they become the unknown token)."""
+    import sys
+
+    import torch
+
+    ids = tok.encode(prompt)
+    if not ids:
+        raise CLIError("--prompt (the source sequence) is empty")
+    limit = getattr(model, "in_block_size", None)
+    if limit is not None and len(ids) > limit:
+        raise CLIError(f"--prompt is {len(ids)} tokens long but the model's source context is {limit} tokens")
+    unk = getattr(tok, "unk_token_id", None)
+    unknown = sorted({c for c, i in zip(prompt, ids) if i == unk}) if unk is not None else []
+    if unknown and len(ids) == len(prompt):
+        print(f"dat generate: warning: characters outside the model's vocabulary become <unk>: "
+              f"{''.join(unknown)!r}", file=sys.stderr)
+    return torch.tensor([ids], dtype=torch.long)

@@ -36,7 +36,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from dual_attention.cli import CLIError
 
-    if args.scale <= 0:
+    if not 0 < args.scale < float("inf"):  # NaN too
         raise CLIError(f"--scale must be > 0, got {args.scale}")
     if args.dpi < 10:
         raise CLIError(f"--dpi must be >= 10, got {args.dpi}")
@@ -47,6 +47,11 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         raise CLIError("dat viz needs matplotlib: pip install 'dual_attention[plot]'") from None
     from dual_attention.model_analysis.viz import parse_indices, run_viz
+    from dual_attention.training.cli_support import user_errors
+    from dual_attention.training.distributed import resolve_device
+
+    with user_errors():
+        device = str(resolve_device(args.device, "--device"))
 
     views = None
     if args.views:
@@ -60,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         result = run_viz(args.checkpoint, args.out, text=args.text, image=args.image, target=args.target,
                          layers=parse_indices(args.layers, "--layers"), heads=parse_indices(args.heads, "--heads"),
                          relations=parse_indices(args.relations, "--relations"), postprocess=args.postprocess,
-                         scale=args.scale, device=args.device, dpi=args.dpi, views=views)
+                         scale=args.scale, device=device, dpi=args.dpi, views=views)
     except ValueError as e:  # CheckpointError, DataError, VizInputError, model input errors
         raise CLIError(str(e).strip().splitlines()[0]) from None
     except OSError as e:

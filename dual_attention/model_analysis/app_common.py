@@ -11,10 +11,16 @@ import argparse
 import html
 import os
 import platform
+import socket
+import sys
 import threading
+from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 import torch
+
+from dual_attention.training.cli_support import one_line
 
 __all__ = [
     "KNOWN_HUB_MODELS",
@@ -27,6 +33,8 @@ __all__ = [
     "message",
     "escape_markdown",
     "build_arg_parser",
+    "parse_app_args",
+    "port_problem",
     "launch",
 ]
 
@@ -105,12 +113,50 @@ def describe_model(loaded: Any, device: str) -> str:
 
 
 class ModelStore:
-    """Models loaded by an app, by the text the user typed; shared by the app's sessions (thread-safe)."""
+    """Models loaded by an app, by the text the user typed; shared by the app's sessions (thread-safe).
 
-    def __init__(self, device: str) -> None:
+    The lock only guards the two dictionaries: a load (which may download and retry for long) runs outside it,
+    so other users keep generating with loaded models. Concurrent loads of the same key share one load (a
+    :class:`concurrent.futures.Future` per key in flight).
+    """
+
+    def __init__(self, device: str, loader: Callable[..., Any] | None = None) -> None:
         self.device = device
+        self._loader = loader
         self._models: dict[str, Any] = {}
+        self._loading: dict[str, Future] = {}
         self._lock = threading.Lock()
+
+    def _load_uncached(self, key: str) -> Any:
+        if self._loader is not None:
+            return self._loader(key, device=self.device)
+        from dual_attention.model_analysis.text import load_for_analysis
+
+        return load_for_analysis(key, device=self.device)
+
+    def _get_or_load(self, key: str) -> Any:
+        with self._lock:
+            loaded = self._models.get(key)
+            if loaded is not None:
+                return loaded
+            future = self._loading.get(key)
+            owner = future is None
+            if owner:
+                future = self._loading[key] = Future()
+        if not owner:
+            return future.result()  # another session is loading this key: wait for it only
+        try:
+            loaded = self._load_uncached(key)
+        except Exception as e:  # noqa: BLE001 - every failure becomes a message in the page
+            error = AppError(f"could not load {key!r}: {one_line(e)}")
+            with self._lock:
+                del self._loading[key]
+            future.set_exception(error)
+            raise error from None
+        with self._lock:
+            del self._loading[key]
+        future.set_result(loaded)
+        return loaded
 
     def load(self, source: str | None, family: str = "lm") -> tuple[str, Any]:
         """Load ``source`` (cached) and check it is a ``family`` model with a tokenizer; ``(key, LoadedModel)``.
@@ -118,19 +164,10 @@ class ModelStore:
         Raises :class:`AppError` with a readable message for every failure (wrong path, not a dual_attention
         checkpoint, corrupted file, Hub unreachable, wrong model family, no tokenizer).
         """
-        from dual_attention.model_analysis.text import load_for_analysis
-
         key = (source or "").strip()
         if not key:
             raise AppError("enter a local checkpoint directory or a Hugging Face Hub id (owner/name)")
-        with self._lock:
-            loaded = self._models.get(key)
-            if loaded is None:
-                try:
-                    loaded = load_for_analysis(key, device=self.device)
-                except Exception as e:  # noqa: BLE001 - every failure becomes a message in the page
-                    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                    raise AppError(f"could not load {key!r}: {text}") from None
+        loaded = self._get_or_load(key)
         if loaded.family != family:
             name = type(loaded.model).__name__.removesuffix("_HFHub")
             raise AppError(f"{key!r} is a {loaded.family} model ({name}); this app needs a language model "
@@ -152,8 +189,10 @@ class ModelStore:
 
 
 def build_arg_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """The flags both apps take: --model, --host, --port, --share, --device."""
-    p = argparse.ArgumentParser(prog=prog, description=description)
+    """The flags both apps take: --model, --host, --port, --share, --device (errors: one line, exit 2)."""
+    from dual_attention.training.cli_support import Parser
+
+    p = Parser(prog=prog, description=description)
     p.add_argument("--model", help="checkpoint to load at start: a local directory or a Hub id (owner/name)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for the network)")
@@ -163,10 +202,52 @@ def build_arg_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
+def port_problem(host: str, port: int) -> str | None:
+    """Why the app cannot listen on ``host:port`` (out of range, in use, no such address), or None."""
+    if not 1 <= port <= 65535:
+        return f"--port must be in 1..65535, got {port}"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        return f"--host {host!r} is not an address of this machine ({e.strerror or e})"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        try:
+            s.bind(address)
+        except OSError as e:
+            return f"cannot listen on {host}:{port}: {e.strerror or e} (another app? pick another --port)"
+    return None
+
+
+def parse_app_args(prog: str, description: str, argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and check an app's flags before anything is built: a port in use or an unavailable device is one
+    line on stderr and exit status 2."""
+    from dual_attention.training.config import ConfigError
+    from dual_attention.training.distributed import resolve_device
+
+    parser = build_arg_parser(prog, description)
+    args = parser.parse_args(argv)
+    if args.port is not None and (problem := port_problem(args.host, args.port)):
+        parser.error(problem)
+    if args.device is not None:
+        try:
+            args.device = str(resolve_device(args.device, "--device"))
+        except ConfigError as e:
+            parser.error(str(e))
+    return args
+
+
 def launch(app: Any, host: str = "127.0.0.1", port: int | None = None, share: bool = False,
            block: bool = True) -> Any:
-    """Queue and launch a built app (``share`` only when asked); returns what ``Blocks.launch`` returns."""
+    """Queue and launch a built app (``share`` only when asked); returns what ``Blocks.launch`` returns.
+
+    A server that cannot start (the port was taken meanwhile, no free port) exits with one line on stderr.
+    """
     gr = import_gradio()
     app.queue(default_concurrency_limit=4)
-    return app.launch(server_name=host, server_port=port, share=bool(share), prevent_thread_lock=not block,
-                      theme=gr.themes.Soft(), ssr_mode=False, quiet=not block)
+    try:
+        return app.launch(server_name=host, server_port=port, share=bool(share), prevent_thread_lock=not block,
+                          theme=gr.themes.Soft(), ssr_mode=False, quiet=not block)
+    except OSError as e:
+        sys.stderr.write(f"error: cannot start the app on {host}:{port or 'a free port'}: {one_line(e)}\n")
+        raise SystemExit(2) from None

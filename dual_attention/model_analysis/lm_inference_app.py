@@ -26,13 +26,13 @@ from dual_attention.model_analysis.app_common import (
     KNOWN_HUB_MODELS,
     AppError,
     ModelStore,
-    build_arg_parser,
     default_device,
     describe_model,
     import_gradio,
     launch,
     machine_info,
     message,
+    parse_app_args,
 )
 
 __all__ = ["build_app", "generate_text", "main"]
@@ -163,7 +163,7 @@ def build_app(model: str | None = None, device: str | None = None, *, max_new_to
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_arg_parser("python -m dual_attention.model_analysis.lm_inference_app", TITLE).parse_args(argv)
+    args = parse_app_args("python -m dual_attention.model_analysis.lm_inference_app", TITLE, argv)
     app = build_app(args.model, args.device)
     launch(app, args.host, args.port, args.share)
     return 0

@@ -33,13 +33,13 @@ from dual_attention.model_analysis.app_common import (
     KNOWN_HUB_MODELS,
     AppError,
     ModelStore,
-    build_arg_parser,
     default_device,
     describe_model,
     import_gradio,
     launch,
     machine_info,
     message,
+    parse_app_args,
 )
 from dual_attention.model_analysis.postprocess import RELATION_POSTPROCESSORS
 
@@ -355,7 +355,7 @@ def build_app(model: str | None = None, device: str | None = None, *, max_tokens
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_arg_parser("python -m dual_attention.model_analysis.lm_visualization_app", TITLE).parse_args(argv)
+    args = parse_app_args("python -m dual_attention.model_analysis.lm_visualization_app", TITLE, argv)
     import matplotlib
 
     matplotlib.use("Agg")  # the app draws from worker threads: no GUI backend

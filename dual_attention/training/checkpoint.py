@@ -12,7 +12,8 @@ Layout of ``RUN_DIR/checkpoint/``:
 A checkpoint is written to ``checkpoint.tmp/`` first; then ``checkpoint/`` (if any) is renamed to
 ``checkpoint.old/``, ``checkpoint.tmp/`` to ``checkpoint/`` and ``checkpoint.old/`` removed. Each rename is
 atomic, so a crash or ``kill -9`` at any instant leaves either ``checkpoint/`` or ``checkpoint.old/``
-complete; :func:`find_checkpoint` picks whichever holds the last good state.
+complete; :func:`find_checkpoint` picks whichever holds the last good state. A write that fails (a full disk,
+a quota) removes ``checkpoint.tmp/`` and raises :class:`CheckpointError`; the previous checkpoint is untouched.
 """
 
 from __future__ import annotations
@@ -66,18 +67,24 @@ def atomic_save_dir(run_dir: str | Path, write_fn, name: str = CHECKPOINT_DIR) -
     final = run_dir / name
     tmp = run_dir / f"{name}.tmp"
     old = run_dir / f"{name}.old"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    write_fn(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    for f in tmp.iterdir():
-        if f.is_file():
-            os.chmod(f, 0o666 & ~umask)  # some writers (safetensors) create 0600 files
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-    _fsync_dir(tmp)
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        write_fn(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        for f in tmp.iterdir():
+            if f.is_file():
+                os.chmod(f, 0o666 & ~umask)  # some writers (safetensors) create 0600 files
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+    except OSError as e:  # ENOSPC, EDQUOT, EACCES, ...: keep the previous checkpoint, free the partial one
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = find_checkpoint(run_dir)
+        still = f"; the previous checkpoint {str(kept)!r} is intact" if kept is not None else ""
+        raise CheckpointError(f"cannot write the checkpoint in {str(run_dir)!r}: {e.strerror or e}{still}") from None
     if final.exists():
         if old.exists():
             shutil.rmtree(old)  # stale: ``final`` is good

@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["user_errors", "OverrideParser", "use_override_parser", "USER_ERRORS"]
+__all__ = ["user_errors", "one_line", "Parser", "OverrideParser", "use_override_parser", "USER_ERRORS"]
+
+
+def one_line(e: BaseException) -> str:
+    """The message of ``e`` on one line (its lines joined; the exception's type when it has no text)."""
+    text = "; ".join(line.strip() for line in str(e).strip().splitlines() if line.strip())
+    return text or type(e).__name__
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr (``dat train: error: ...``), exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        sys.exit(2)
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
@@ -29,7 +44,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except _user_error_types() as e:
-        raise CLIError(str(e)) from None
+        raise CLIError(one_line(e)) from None
     except FloatingPointError as e:
         raise CLIError(f"{e}: lower optim.learning_rate or use train.dtype=float32") from None
     except OSError as e:
@@ -37,7 +52,7 @@ def user_errors() -> Iterator[None]:
         raise CLIError(f"{e.strerror or e}{where}") from None
 
 
-class OverrideParser(argparse.ArgumentParser):
+class OverrideParser(Parser):
     """An ArgumentParser that collects ``--section.key=value`` (or ``--section.key value``) into ``overrides``."""
 
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ __all__ = [
     "Config",
     "SECTIONS",
     "CHOICES",
+    "RANGES",
     "load_config",
     "config_from_dict",
     "apply_overrides",
@@ -164,9 +167,11 @@ class TrainConfig:
     ``grad_accum_steps`` micro-batches and, under ``torchrun``, across processes: each process gets
     ``batch_size / (grad_accum_steps * world_size)`` examples per micro-step. ``out_dir=None`` means no
     run directory (nothing written; the CLI fills in ``runs/<name>``). ``eval_batch_size`` defaults to
-    ``batch_size`` (evaluated in micro-batch-sized chunks). ``checkpoint_interval=None``
-    checkpoints at every evaluation; ``0`` only at the end. ``dtype='auto'`` is bfloat16 autocast on a
-    GPU that supports it and float32 on the CPU (``bfloat16`` turns on CPU autocast).
+    ``batch_size`` (evaluated in micro-batch-sized chunks). Checkpoints are written every
+    ``checkpoint_interval`` steps, independently of evaluation; ``None`` (the default) means every
+    ``ceil(max_iters / 10)`` steps, at most 1000 (a kill loses at most a tenth of the run), ``0`` only at
+    the end; a stop (Ctrl-C, SIGTERM, a callback) and the end always write one. ``dtype='auto'`` is
+    bfloat16 autocast on a GPU that supports it and float32 on the CPU (``bfloat16`` turns on CPU autocast).
     """
 
     out_dir: str | None = None
@@ -381,47 +386,76 @@ def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Confi
     return cfg
 
 
+#: dotted key -> the range its value must lie in (``None`` is allowed where the field's type allows it)
+RANGES: dict[str, str] = {
+    **{f"model.{k}": "> 0" for k in ("d_model", "n_layers", "max_block_size", "n_heads", "n_kv_heads", "n_relations",
+                                      "n_symbols", "symbol_heads", "dff", "vocab_size", "n_layers_dec",
+                                      "n_heads_cross", "in_block_size", "out_block_size", "num_classes")},
+    "model.n_heads_sa": ">= 0",
+    "model.n_heads_ra": ">= 0",
+    "model.dropout": "[0, 1)",
+    "data.val_fraction": "[0, 1)",
+    "data.block_size": "> 0",
+    "data.synthetic_size": "> 0",
+    "data.hf_val_docs": "> 0",
+    "optim.learning_rate": "> 0",
+    "optim.min_lr": ">= 0",
+    "optim.weight_decay": ">= 0",
+    "optim.beta1": "[0, 1)",
+    "optim.beta2": "[0, 1)",
+    "optim.grad_clip": ">= 0",
+    "optim.warmup_iters": ">= 0",
+    "optim.lr_decay_iters": "> 0",
+    **{f"train.{k}": "> 0" for k in ("max_iters", "batch_size", "grad_accum_steps", "eval_iters",
+                                      "eval_batch_size", "log_interval")},
+    "train.eval_interval": ">= 0",
+    "train.checkpoint_interval": ">= 0",
+    "train.seed": ">= 0",
+}
+
+_IN_RANGE = {
+    "> 0": lambda v: v > 0,
+    ">= 0": lambda v: v >= 0,
+    "[0, 1)": lambda v: 0 <= v < 1,
+}
+
+_DEVICE = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
+
+
+def _check_range(key: str, value: Any, rule: str) -> None:
+    if value is None:
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key {key} must be a finite number {rule}, got {value!r}")
+    if not _IN_RANGE[rule](value):
+        where = f"in {rule}" if rule.startswith("[") else rule
+        raise ConfigError(f"config key {key} must be {where}, got {value!r}")
+
+
 def validate_config(cfg: Config) -> None:
-    """Check string choices and positive sizes; raise ConfigError naming the key and allowed values."""
+    """Check every field's range and string choices; raise ConfigError naming the key and what is allowed."""
     for key, allowed in CHOICES.items():
         section, fname = key.split(".")
         value = getattr(getattr(cfg, section), fname)
         if value not in allowed:
             raise ConfigError(f"config key {key}={value!r} is not one of: {', '.join(allowed)}")
-    positive = {
-        "model.d_model": cfg.model.d_model,
-        "model.n_layers": cfg.model.n_layers,
-        "model.max_block_size": cfg.model.max_block_size,
-        "train.max_iters": cfg.train.max_iters,
-        "train.batch_size": cfg.train.batch_size,
-        "train.grad_accum_steps": cfg.train.grad_accum_steps,
-        "train.log_interval": cfg.train.log_interval,
-        "optim.learning_rate": cfg.optim.learning_rate,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"config key {key} must be > 0, got {value!r}")
-    nonneg = {
-        "model.n_heads_sa": cfg.model.n_heads_sa,
-        "model.n_heads_ra": cfg.model.n_heads_ra,
-        "train.eval_interval": cfg.train.eval_interval,
-        "train.eval_iters": cfg.train.eval_iters,
-        "optim.warmup_iters": cfg.optim.warmup_iters,
-        "optim.weight_decay": cfg.optim.weight_decay,
-        "optim.grad_clip": cfg.optim.grad_clip,
-    }
-    for key, value in nonneg.items():
-        if value < 0:
-            raise ConfigError(f"config key {key} must be >= 0, got {value!r}")
-    if not 0.0 <= cfg.model.dropout < 1.0:
-        raise ConfigError(f"config key model.dropout must be in [0, 1), got {cfg.model.dropout!r}")
-    if not 0.0 <= cfg.data.val_fraction < 1.0:
-        raise ConfigError(f"config key data.val_fraction must be in [0, 1), got {cfg.data.val_fraction!r}")
-    if cfg.train.batch_size % cfg.train.grad_accum_steps:
+    for key, rule in RANGES.items():
+        section, fname = key.split(".")
+        _check_range(key, getattr(getattr(cfg, section), fname), rule)
+    m, o, t = cfg.model, cfg.optim, cfg.train
+    for key, value, n in (("model.image_shape", m.image_shape, 3), ("model.patch_size", m.patch_size, 2)):
+        if value is not None and (len(value) != n or min(value) < 1):
+            raise ConfigError(f"config key {key} must be {n} positive integers, got {value!r}")
+    if o.min_lr is not None and o.min_lr > o.learning_rate:
+        raise ConfigError(f"config key optim.min_lr={o.min_lr!r} must be <= optim.learning_rate={o.learning_rate!r}")
+    if not _DEVICE.fullmatch(t.device):
+        raise ConfigError(f"config key train.device={t.device!r} is not one of: auto, cpu, cuda, cuda:N, mps")
+    if t.batch_size % t.grad_accum_steps:
         raise ConfigError(
-            f"train.batch_size={cfg.train.batch_size} must be divisible by "
-            f"train.grad_accum_steps={cfg.train.grad_accum_steps}"
+            f"train.batch_size={t.batch_size} must be divisible by train.grad_accum_steps={t.grad_accum_steps}"
         )
+    if not cfg.name.strip():
+        raise ConfigError(f"config key name must not be empty, got {cfg.name!r}")
 
 
 def config_to_dict(cfg: Config) -> dict:

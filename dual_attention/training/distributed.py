@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "setup", "teardown", "barrier", "all_reduce_sum", "all_reduce_max", "gather_objects"]
+__all__ = ["DistInfo", "resolve_device", "setup", "teardown", "barrier", "all_reduce_sum", "all_reduce_max",
+           "gather_objects"]
 
 
 @dataclass
@@ -35,16 +36,30 @@ class DistInfo:
         return self.world > 1
 
 
-def _pick_device(requested: str, local_rank: int) -> torch.device:
+def resolve_device(requested: str, what: str = "train.device", local_rank: int = 0) -> torch.device:
+    """The device for ``requested`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``); ConfigError naming ``what``
+    when it is unknown or not available on this machine."""
+    from dual_attention.training.config import ConfigError
+
     if requested == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
         return torch.device("cpu")
-    dev = torch.device(requested)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={requested!r} but CUDA is not available; use train.device=cpu or auto")
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
+    try:
+        dev = torch.device(requested)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"{what}={requested!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{what}={requested!r} but CUDA is not available on this machine; use cpu or auto")
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
+        elif dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"{what}={requested!r} but this machine has {torch.cuda.device_count()} CUDA devices")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError(f"{what}={requested!r} but MPS is not available on this machine; use cpu or auto")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"{what}={requested!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
     return dev
 
 
@@ -53,7 +68,7 @@ def setup(device: str = "auto") -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
-    dev = _pick_device(device, local_rank)
+    dev = resolve_device(device, "train.device", local_rank)
     if world <= 1:
         return DistInfo(0, 1, 0, dev, False)
     owns = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from dual_attention.training.checkpoint import CheckpointError, find_checkpoint
+from dual_attention.training.checkpoint import CheckpointError
 from dual_attention.training.config import Config, ConfigError, load_config
 from dual_attention.training.data import DataError
 from dual_attention.training.models import FAMILY_OF_CLASS, model_family
@@ -32,49 +33,26 @@ class LoadedModel:
     model_config: dict | None = None
 
 
-def _looks_like_hub_id(text: str) -> bool:
-    parts = text.split("/")
-    return len(parts) == 2 and all(parts) and not text.startswith((".", "/", "~"))
-
-
 def load_trained(path_or_id: str | Path, map_location: str | torch.device = "cpu") -> LoadedModel:
     """Load a model from a run dir, a checkpoint dir or a Hugging Face Hub id (strict loading).
 
-    Raises CheckpointError (a ValueError) with one line for a missing, incomplete or corrupted checkpoint.
+    Raises CheckpointError (a ValueError) with one line for a missing, incomplete or corrupted checkpoint, and
+    at once for a path that exists neither locally nor (offline or unreachable Hub) on the Hub.
     """
+    from dual_attention.hf import load_pretrained, resolve_checkpoint
+
     text = str(path_or_id)
-    p = Path(text)
-    ckpt: Path | None = None
+    source = resolve_checkpoint(text)
+    ckpt: Path | None = Path(source) if Path(source).is_dir() else None
     config: dict | None = None
-    if p.exists():
-        ckpt = find_checkpoint(p)
-        if ckpt is None:
-            if p.is_dir() and (p / "config.json").is_file():
-                raise CheckpointError(f"checkpoint {text!r} has config.json but no model.safetensors")
-            raise CheckpointError(
-                f"no checkpoint in {text!r}: expected a run dir with checkpoint/ or a dir with "
-                "config.json + model.safetensors"
-            )
-        source: str = str(ckpt)
+    if ckpt is not None:
         try:
             config = json.loads((ckpt / "config.json").read_text())
         except ValueError:
             raise CheckpointError(f"{ckpt / 'config.json'} is not valid JSON (corrupted checkpoint)") from None
         if not isinstance(config, dict):
             raise CheckpointError(f"{ckpt / 'config.json'} does not hold the model's keyword arguments")
-    elif _looks_like_hub_id(text):
-        source = text
-    else:
-        raise CheckpointError(f"checkpoint {text!r} does not exist (not a directory, nor a Hub id owner/name)")
-    try:
-        from dual_attention.hf import load_pretrained
-    except ImportError as e:
-        raise CheckpointError(f"loading checkpoints needs huggingface_hub and safetensors ({e})") from None
-    try:
-        model = load_pretrained(source, map_location=map_location)
-    except Exception as e:  # corrupted files, missing keys, network errors for Hub ids
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        raise CheckpointError(f"cannot load checkpoint {text!r}: {type(e).__name__}: {first}") from None
+    model = load_pretrained(source, map_location=map_location)
     model.eval()
     family = model_family(model)
     tokenizer = None
@@ -163,8 +141,13 @@ def evaluate_checkpoint(path_or_id: str, data: str, *, batch_size: int = 32, max
         n_out = _num_outputs(model)
         if n_out is not None and cfg.model.num_classes > n_out:
             raise DataError(f"{data!r} has labels up to {cfg.model.num_classes - 1} but the model has {n_out} classes")
-    metrics = task.evaluate(model, "train")
-    return loaded, metrics or {}
+    metrics = task.evaluate(model, "train") or {}
+    bad = {k: v for k, v in metrics.items() if not math.isfinite(float(v))}
+    if bad:
+        k, v = next(iter(bad.items()))
+        raise CheckpointError(f"the {k} of {path_or_id!r} on {data!r} is {float(v)}: the model produces non-finite "
+                              "values (corrupted weights?)")
+    return loaded, metrics
 
 
 def _num_outputs(model: nn.Module) -> int | None:

@@ -9,8 +9,12 @@ One optimizer step ``t`` (0-based) does, on each of ``W`` processes::
 
 so that the update equals that of one process on the whole global batch (see :mod:`.tasks`). Every
 ``train.eval_interval`` steps the model is evaluated on the validation split; every
-``train.checkpoint_interval`` steps (default: at each evaluation) and at the end a checkpoint is written
-atomically (see :mod:`.checkpoint`). ``metrics.jsonl`` gets one JSON line per log/eval event.
+``train.checkpoint_interval`` steps (default ``ceil(max_iters / 10)``, at most 1000, independently of evaluation)
+and at the end a checkpoint is written atomically (see :mod:`.checkpoint`). ``metrics.jsonl`` gets one JSON line
+per log/eval event (non-finite numbers as ``null``).
+
+A run directory is only replaced (``overwrite=True``, or a directory of a run stopped before its first
+checkpoint) once the configuration, data, model and optimizer were all built: an invalid value leaves it untouched.
 
 SIGINT/SIGTERM during training finish the current step, save a checkpoint and return with
 ``interrupted=True`` (a second SIGINT aborts at once).
@@ -52,7 +56,7 @@ from dual_attention.training.models import build_model, configure_optimizer, mod
 from dual_attention.training.tasks import Task, make_task
 from dual_attention.training.tokenizers import load_tokenizer, save_tokenizer
 
-__all__ = ["TrainResult", "RunDirError", "train", "lr_at", "METRICS_FILE", "CONFIG_FILE"]
+__all__ = ["TrainResult", "RunDirError", "train", "lr_at", "checkpoint_every", "METRICS_FILE", "CONFIG_FILE"]
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
@@ -114,25 +118,40 @@ def _is_run_dir(p: Path) -> bool:
     return any((p / m).exists() for m in _RUN_MARKERS)
 
 
-def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
-    """Check the run directory (read-only, on every process); True if it must be cleared first."""
-    exists = run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir()))
-    if resume:
-        if find_checkpoint(run_dir) is None:
+def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> tuple[bool, bool, str | None]:
+    """Check the run directory (read-only, on every process): ``(clear it first, resume, a note for the user)``.
+
+    A run directory without a checkpoint (a run killed or stopped before its first one) holds nothing to lose
+    or to resume: it is started over, with or without ``resume``/``overwrite``.
+    """
+    if run_dir.is_file():
+        raise RunDirError(f"run dir {str(run_dir)!r} is a file")
+    exists = run_dir.is_dir() and any(run_dir.iterdir())
+    has_checkpoint = exists and find_checkpoint(run_dir) is not None
+    if not exists:
+        if resume:
             raise RunDirError(f"no checkpoint to resume in {str(run_dir)!r} (expected {run_dir}/checkpoint/)")
-    elif exists:
-        if run_dir.is_file():
-            raise RunDirError(f"run dir {str(run_dir)!r} is a file")
-        if not overwrite:
-            raise RunDirError(
-                f"run dir {str(run_dir)!r} already exists: pass --resume to continue it or --overwrite to replace it"
-            )
-        if not _is_run_dir(run_dir):
-            raise RunDirError(
-                f"refusing to overwrite {str(run_dir)!r}: it is not empty and does not look like a run dir"
-            )
-        return True
-    return False
+        return False, False, None
+    if not _is_run_dir(run_dir):
+        what = "refusing to overwrite" if overwrite else "cannot use"
+        raise RunDirError(f"{what} {str(run_dir)!r}: it is not empty and does not look like a run dir")
+    if not has_checkpoint:
+        return True, False, f"{run_dir} holds no checkpoint yet (a run stopped before its first one): starting over"
+    if resume:
+        return False, True, None
+    if not overwrite:
+        raise RunDirError(
+            f"run dir {str(run_dir)!r} already exists: pass --resume to continue it or --overwrite to replace it"
+        )
+    return True, False, None
+
+
+def checkpoint_every(cfg: Config) -> int:
+    """Steps between checkpoints: ``train.checkpoint_interval``, by default ceil(max_iters / 10) capped at 1000."""
+    tc = cfg.train
+    if tc.checkpoint_interval is not None:
+        return tc.checkpoint_interval
+    return min(1000, math.ceil(tc.max_iters / 10))
 
 
 def _create_run_dir(run_dir: Path, clear: bool, info: D.DistInfo) -> None:
@@ -143,6 +162,12 @@ def _create_run_dir(run_dir: Path, clear: bool, info: D.DistInfo) -> None:
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
     D.barrier(info)
+
+
+def _json_line(rec: dict) -> str:
+    """One strict-JSON line: NaN and infinities (which json.dumps would write as bare NaN) become null."""
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in rec.items()}
+    return json.dumps(clean, allow_nan=False) + "\n"
 
 
 def _truncate_metrics(path: Path, upto: int) -> list[dict]:
@@ -158,7 +183,7 @@ def _truncate_metrics(path: Path, upto: int) -> list[dict]:
         if rec.get("iter", 0) <= upto:
             kept.append(rec)
     tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    tmp.write_text("".join(_json_line(r) for r in kept))
     os.replace(tmp, path)
     return kept
 
@@ -201,7 +226,7 @@ class _Loggers:
         if not self.active:
             return
         if self.file is not None:
-            self.file.write(json.dumps(rec) + "\n")
+            self.file.write(_json_line(rec))
         split = rec.get("split", "train")
         scalars = {f"{split}/{k}": v for k, v in rec.items() if k not in ("iter", "split") and isinstance(v, float)}
         if self.tb is not None:
@@ -345,7 +370,9 @@ def _train(cfg: Config, info: D.DistInfo, train_data, val_data, test_data, resum
     run_dir = Path(tc.out_dir) if tc.out_dir else None
     if resume and run_dir is None:
         raise RunDirError("resume needs train.out_dir (the run directory to continue)")
-    clear = _check_run_dir(run_dir, resume, overwrite) if run_dir is not None else False
+    clear, resume, note = _check_run_dir(run_dir, resume, overwrite) if run_dir is not None else (False, False, None)
+    if note:
+        say(note)
     amp_dtype = _resolve_dtype(tc.dtype, info.device)
 
     ckpt_dir = find_checkpoint(run_dir) if (resume and run_dir is not None) else None
@@ -380,17 +407,10 @@ def _train(cfg: Config, info: D.DistInfo, train_data, val_data, test_data, resum
     model = build_model(cfg.model)
     family = cfg.model.family
     if ckpt_dir is not None:
-        from safetensors.torch import load_model as st_load_model
+        from dual_attention.hf import load_weights
 
-        try:
-            st_load_model(model, str(ckpt_dir / "model.safetensors"), strict=True)
-        except Exception as e:
-            raise CheckpointError(
-                f"cannot load {ckpt_dir / 'model.safetensors'} ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
-            ) from None
+        load_weights(model, ckpt_dir / "model.safetensors")  # strict, with the aliases safetensors dropped
     n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    if run_dir is not None:
-        _create_run_dir(run_dir, clear, info)
     model.to(info.device)
     raw_model = model
 
@@ -416,6 +436,8 @@ def _train(cfg: Config, info: D.DistInfo, train_data, val_data, test_data, resum
         optimizer, lambda step: lr_at(step, cfg) / cfg.optim.learning_rate
     )
     scaler = torch.amp.GradScaler(info.device.type, enabled=amp_dtype == torch.float16)
+    if run_dir is not None:  # everything that can fail on a bad value was built: only now replace the old run
+        _create_run_dir(run_dir, clear, info)
 
     def autocast():
         if amp_dtype is None:
@@ -540,7 +562,7 @@ def _train(cfg: Config, info: D.DistInfo, train_data, val_data, test_data, resum
     t_log = time.time()
     units_since = 0
     last_log_it = start_iter
-    ckpt_every = tc.checkpoint_interval if tc.checkpoint_interval is not None else tc.eval_interval
+    ckpt_every = checkpoint_every(cfg)
     raw_model.train()
     if start_iter == 0 and tc.eval_interval > 0:
         run_eval(0)
