@@ -263,7 +263,7 @@ def resolve_checkpoint(path_or_repo_id: str | os.PathLike, **hub_kwargs) -> str:
             return str(path)  # config.json without weights: _from_pretrained names what is missing
         raise CheckpointError(f"no checkpoint in {text!r}: expected a run dir with checkpoint/ or a directory "
                               f"with {CONFIG_FILE} + {SAFETENSORS_FILE}")
-    looked = f"no local directory {str(path.absolute())!r}{_local_hint(path)}"
+    looked = f"the local path {str(path.absolute())!r} does not exist{_local_hint(path)}"
     if not _looks_like_hub_id(text):
         raise CheckpointError(f"checkpoint {text!r} not found: {looked}, and it is not a Hub id (owner/name)")
     if _in_hub_cache(text, **hub_kwargs):

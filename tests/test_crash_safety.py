@@ -220,17 +220,17 @@ def test_a_mistyped_path_fails_at_once_offline_naming_both_places(tmp_path, caps
     for command in (["generate", "runs/lm-tiny-dta"], ["eval", "runs/lm-tiny-dta", "--data", "synthetic"],
                     ["info", "runs/lm-tiny-dta"]):
         line = one_error_line(*cli(capsys, *command)[::2], command[0])
-        assert "no local directory" in line and str(tmp_path / "runs" / "lm-tiny-dta") in line
+        assert f"the local path '{tmp_path / 'runs' / 'lm-tiny-dta'}' does not exist" in line
         assert "not in the local Hub cache while the Hub is offline" in line
         assert "similar: runs/lm-tiny-dat" in line
-    with pytest.raises(AppError, match="no local directory .* offline"):
+    with pytest.raises(AppError, match="does not exist.* offline"):
         ModelStore("cpu").load("runs/lm-tiny-dta")
     monkeypatch.delenv("HF_HUB_OFFLINE")  # online but unreachable: also at once
     monkeypatch.setattr(hf, "hub_offline", lambda: False)
     monkeypatch.setattr(hf, "hub_reachable", lambda timeout=3.0: False)
-    with pytest.raises(CheckpointError, match="no local directory .*the Hub is unreachable"):
+    with pytest.raises(CheckpointError, match="does not exist.*the Hub is unreachable"):
         hf.load_pretrained("runs/lm-tiny-dta")
-    with pytest.raises(CheckpointError, match="not found: no local directory .* not a Hub id"):
+    with pytest.raises(CheckpointError, match="not found: the local path .* does not exist, and it is not a Hub id"):
         hf.load_pretrained("runs/x/lm-tiny-dta")
     assert online_calls == []
 

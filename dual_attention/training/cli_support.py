@@ -53,7 +53,8 @@ def user_errors() -> Iterator[None]:
 
 
 class OverrideParser(Parser):
-    """An ArgumentParser that collects ``--section.key=value`` (or ``--section.key value``) into ``overrides``."""
+    """An ArgumentParser that collects ``--section.key=value`` (or ``--section.key value``, or ``--name=NAME``)
+    into ``overrides``."""
 
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
         namespace, extras = super().parse_known_args(args, namespace)
@@ -63,7 +64,7 @@ class OverrideParser(Parser):
         while i < len(extras):
             tok = extras[i]
             name = tok[2:].split("=", 1)[0] if tok.startswith("--") else ""
-            if name and "." in name:
+            if name and ("." in name or name == "name"):  # --section.key=value, or the config's --name
                 if "=" in tok:
                     overrides.append(tok[2:])
                 elif i + 1 < len(extras) and not extras[i + 1].startswith("--"):
