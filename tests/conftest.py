@@ -18,9 +18,10 @@ REFERENCE_DIR = Path("/work/shared/reference")
 
 # ---------------------------------------------------------------------------------------------------- seeding
 @pytest.fixture(autouse=True)
-def _seed():
-    """Every test starts from the same RNG state (deterministic, offline)."""
+def _seed(monkeypatch):
+    """Every test starts from the same RNG state, and offline: a path that looks like a Hub id fails at once."""
     torch.manual_seed(0)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     yield
 
 

@@ -88,3 +88,39 @@ def test_fsdp_two_processes_train_resume_and_match_one_process(tmp_path):
     compare(single, multi)
     model = load_pretrained(str(multi / "checkpoint"))
     assert type(model).__name__ == "VisionDualAttnTransformer_HFHub"
+
+
+def test_a_dead_rank_stops_the_run_and_leaves_a_resumable_checkpoint(tmp_path):
+    """kill -9 of rank 1 mid-run: the run stops (no hang), the last checkpoint is complete, and one process
+    resumes it (docs/training.md, crash safety)."""
+    import signal
+    import time
+
+    import psutil
+
+    from dual_attention.training.checkpoint import find_checkpoint
+
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    opts = [*TINY, "train.max_iters=100000", "train.eval_interval=0", "train.checkpoint_interval=5"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "dual_attention", "train", "lm-tiny-dat", *[f"--{o}" for o in opts], "--out", str(run)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        t0 = time.time()
+        while not (run / "metrics.jsonl").exists() or len((run / "metrics.jsonl").read_text().splitlines()) < 12:
+            assert proc.poll() is None and time.time() - t0 < 180, proc.communicate()[1][-3000:]
+            time.sleep(0.05)
+        ranks = {p.environ().get("RANK"): p for p in psutil.Process(proc.pid).children(recursive=True)}
+        ranks["1"].send_signal(signal.SIGKILL)
+        proc.wait(timeout=120)  # the other rank and torchrun follow; a hang fails here
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    ck = find_checkpoint(run)
+    killed_at = torch.load(ck / "trainer_state.pt", weights_only=True)["iter"]
+    assert killed_at >= 5 and killed_at % 5 == 0
+    res = train(load_config("lm-tiny-dat", [*opts, f"train.max_iters={killed_at + 2}", f"train.out_dir={run}"]),
+                resume=True, verbose=False)
+    assert res.iters == killed_at + 2

@@ -139,10 +139,14 @@ def test_gradient_accumulation_matches_one_big_batch_despite_padding():
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=k)
 
 
-@pytest.mark.parametrize("how", ["callback", "sigint"])
-def test_resume_gives_the_uninterrupted_result(tmp_path, how):
-    """N steps straight == N/2 steps, stop (callback or Ctrl-C), resume for N/2; dropout on, so RNG matters."""
-    preset = "lm-tiny-dat" if how == "sigint" else "vision-tiny-dat"
+@pytest.mark.parametrize("preset,how", [
+    ("lm-tiny-dat", "sigint"), ("lm-tiny-transformer", "callback"),
+    ("seq2seq-tiny-dat", "sigint"), ("seq2seq-tiny-transformer", "callback"),  # issue 10.1: never resumed
+    ("vision-tiny-dat", "callback"), ("vision-tiny-transformer", "sigint"),
+])
+def test_resume_gives_the_uninterrupted_result(tmp_path, preset, how):
+    """N steps straight == N/2 steps, stop (callback or Ctrl-C), resume for N/2; dropout on, so RNG matters.
+    Every family and architecture."""
     extra = ("train.max_iters=12", "train.eval_interval=4", "model.dropout=0.1")
     straight = train(tiny(preset, *extra, out=tmp_path / "a"), verbose=False)
 
