@@ -53,6 +53,7 @@ from dual_attention.training.checkpoint import (
 )
 from dual_attention.training.config import Config, ConfigError, config_to_dict, load_config, save_config
 from dual_attention.training.models import build_model, configure_optimizer, model_class_name
+from dual_attention.training.strategy import Strategy, make_strategy
 from dual_attention.training.tasks import Task, make_task
 from dual_attention.training.tokenizers import load_tokenizer, save_tokenizer
 
@@ -267,13 +268,6 @@ def _resolve_dtype(name: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if name == "bfloat16" else torch.float16
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    m = model
-    if isinstance(m, torch.nn.parallel.DistributedDataParallel):
-        m = m.module
-    return getattr(m, "_orig_mod", m)
-
-
 def _fmt_count(n: float) -> str:
     for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
         if abs(n) >= div:
@@ -352,51 +346,134 @@ def train(
         D.teardown(info)
 
 
+class _Console:
+    """Messages on stderr from rank 0 (through the progress bar while there is one)."""
+
+    def __init__(self, show: bool) -> None:
+        self.show = show
+        self.pbar = None
+
+    def say(self, msg: str) -> None:
+        if not self.show:
+            return
+        if self.pbar is not None:
+            self.pbar.write(msg, file=sys.stderr)
+        else:
+            print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class _Run:
+    """What one training run holds once built; the step, evaluation and checkpoint functions take it."""
+
+    cfg: Config
+    strategy: Strategy
+    task: Task
+    model: nn.Module  # what the loop calls (wrapped, compiled)
+    raw_model: nn.Module  # the plain module (its parameters are the ones optimized)
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    run_dir: Path | None
+    console: _Console
+    callback: Callable[[int, dict], bool | None] | None
+    t_start: float
+    start_iter: int = 0
+    tokens_seen: int = 0
+    elapsed_before: float = 0.0
+    loggers: Any = None
+    last_eval: dict[str, float] = field(default_factory=dict)
+    stop_requested: bool = False
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.strategy.info.device.type, dtype=self.amp_dtype)
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.time() - self.t_start
+
+    def notify(self, it: int, rec: dict) -> None:
+        """Log ``rec`` and pass it to the user's callback (which may ask to stop)."""
+        self.loggers.log(rec)
+        if self.callback is not None and self.callback(it, rec):
+            self.stop_requested = True
+
+
 def _train(cfg: Config, info: D.DistInfo, train_data, val_data, test_data, resume: bool, overwrite: bool,
            callback, verbose: bool) -> TrainResult:
-    t_start = time.time()
+    console = _Console(verbose and info.is_main)
+    run = _build_run(cfg, info, (train_data, val_data, test_data), resume, overwrite, callback, console)
+    it, interrupted, last_loss = _loop(run)
+    if it == cfg.train.max_iters and not interrupted and run.task.has_split("test"):
+        _evaluate(run, it, ("test",))
+    run.loggers.close()
+    return TrainResult(model=run.raw_model, config=cfg, iters=it, train_loss=last_loss, metrics=dict(run.last_eval),
+                       history=run.loggers.history, run_dir=run.run_dir, interrupted=interrupted,
+                       elapsed_s=run.elapsed(), tokenizer=run.task.tokenizer)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# building a run
+
+
+def _open_resume_state(cfg: Config, run_dir: Path | None, resume: bool) -> tuple[Path | None, dict | None]:
+    """The checkpoint dir and trainer state to resume from (None, None for a fresh run)."""
+    if not resume or run_dir is None:
+        return None, None
+    ckpt_dir = find_checkpoint(run_dir)
+    state = load_trainer_state(ckpt_dir)
+    saved_family = state.get("config", {}).get("model", {}).get("family", cfg.model.family)
+    if saved_family != cfg.model.family:
+        raise CheckpointError(
+            f"the checkpoint in {str(run_dir)!r} is a {saved_family!r} model but the config "
+            f"asks for model.family={cfg.model.family!r}"
+        )
+    return ckpt_dir, state
+
+
+def _check_same_model(cfg: Config, state: dict | None) -> None:
+    """Resuming needs the model config the run was started with (after sizes were derived from the data)."""
+    if state is None:
+        return
+    saved_model = state["config"]["model"]
+    now_model = config_to_dict(cfg)["model"]
+    diff = [k for k in now_model if now_model[k] != saved_model.get(k)]
+    if diff:
+        k = diff[0]
+        raise RunDirError(f"cannot resume: model.{k}={now_model[k]!r} differs from the run's {saved_model.get(k)!r}")
+
+
+def _build_optimization(cfg: Config, raw_model: nn.Module, device: torch.device, amp_dtype):
+    """AdamW (via the family's ``configure_optimizers``), the warmup/decay schedule and the float16 grad scaler."""
+    optimizer = configure_optimizer(raw_model, cfg.model.family, cfg.optim.weight_decay, cfg.optim.learning_rate,
+                                    (cfg.optim.beta1, cfg.optim.beta2), device.type)
+    for g in optimizer.param_groups:
+        g["initial_lr"] = cfg.optim.learning_rate
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, cfg) / cfg.optim.learning_rate)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    return optimizer, scheduler, scaler
+
+
+def _build_run(cfg: Config, info: D.DistInfo, data: tuple, resume: bool, overwrite: bool, callback,
+               console: _Console) -> _Run:
+    """Everything that can fail on a bad value is built first; only then is an old run directory replaced."""
     tc = cfg.train
-    main = info.is_main
-    show = verbose and main
-    pbar = None
-
-    def say(msg: str) -> None:
-        if show:
-            if pbar is not None:
-                pbar.write(msg, file=sys.stderr)
-            else:
-                print(msg, file=sys.stderr, flush=True)
-
+    t_start = time.time()
     run_dir = Path(tc.out_dir) if tc.out_dir else None
     if resume and run_dir is None:
         raise RunDirError("resume needs train.out_dir (the run directory to continue)")
     clear, resume, note = _check_run_dir(run_dir, resume, overwrite) if run_dir is not None else (False, False, None)
     if note:
-        say(note)
+        console.say(note)
     amp_dtype = _resolve_dtype(tc.dtype, info.device)
+    ckpt_dir, state = _open_resume_state(cfg, run_dir, resume)
 
-    ckpt_dir = find_checkpoint(run_dir) if (resume and run_dir is not None) else None
-    state = load_trainer_state(ckpt_dir) if ckpt_dir is not None else None
-    saved_family = (state or {}).get("config", {}).get("model", {}).get("family", cfg.model.family)
-    if saved_family != cfg.model.family:
-        raise CheckpointError(
-            f"the checkpoint in {str(run_dir)!r} is a {state['config']['model']['family']!r} model but the config "
-            f"asks for model.family={cfg.model.family!r}"
-        )
-
-    # ---- data, derived sizes, model
     _seed_all(tc.seed)
     tokenizer = load_tokenizer(ckpt_dir) if ckpt_dir is not None else None
-    task: Task = make_task(cfg, info.device, train_data, val_data, test_data, tokenizer=tokenizer)
-    if state is not None:
-        saved_model = state["config"]["model"]
-        now_model = config_to_dict(cfg)["model"]
-        diff = [k for k in now_model if now_model[k] != saved_model.get(k)]
-        if diff:
-            k = diff[0]
-            raise RunDirError(
-                f"cannot resume: model.{k}={now_model[k]!r} differs from the run's {saved_model.get(k)!r}"
-            )
+    task: Task = make_task(cfg, info.device, *data, tokenizer=tokenizer)
+    _check_same_model(cfg, state)
     per_rank = tc.batch_size // tc.grad_accum_steps
     if per_rank % info.world:
         raise ConfigError(
@@ -404,265 +481,203 @@ def _train(cfg: Config, info: D.DistInfo, train_data, val_data, test_data, resum
         )
 
     torch.manual_seed(tc.seed)  # identical initial weights on every process
-    model = build_model(cfg.model)
-    family = cfg.model.family
+    raw_model = build_model(cfg.model)
     if ckpt_dir is not None:
         from dual_attention.hf import load_weights
 
-        load_weights(model, ckpt_dir / "model.safetensors")  # strict, with the aliases safetensors dropped
-    n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    model.to(info.device)
-    raw_model = model
-
-    if tc.fsdp and info.enabled:
-        from torch.distributed.fsdp import fully_shard
-
-        for block in _blocks(raw_model):
-            fully_shard(block)
-        fully_shard(raw_model)
-        model = raw_model
-    elif info.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        model = DDP(raw_model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+        load_weights(raw_model, ckpt_dir / "model.safetensors")  # strict, with the aliases safetensors dropped
+    raw_model.to(info.device)
+    strategy = make_strategy(info, tc.fsdp)
+    model = strategy.wrap(raw_model)
     if tc.compile:
         model = torch.compile(model)
-
-    optimizer = configure_optimizer(raw_model, family, cfg.optim.weight_decay, cfg.optim.learning_rate,
-                                    (cfg.optim.beta1, cfg.optim.beta2), info.device.type)
-    for g in optimizer.param_groups:
-        g["initial_lr"] = cfg.optim.learning_rate
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_at(step, cfg) / cfg.optim.learning_rate
-    )
-    scaler = torch.amp.GradScaler(info.device.type, enabled=amp_dtype == torch.float16)
+    optimizer, scheduler, scaler = _build_optimization(cfg, raw_model, info.device, amp_dtype)
     if run_dir is not None:  # everything that can fail on a bad value was built: only now replace the old run
         _create_run_dir(run_dir, clear, info)
 
-    def autocast():
-        if amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type=info.device.type, dtype=amp_dtype)
-
-    # ---- resume state
-    start_iter, tokens_seen, elapsed_before = 0, 0, 0.0
-    history: list[dict] = []
-    if state is not None:
-        start_iter = int(state["iter"])
-        tokens_seen = int(state.get("tokens_seen", 0))
-        elapsed_before = float(state.get("elapsed_s", 0.0))
-        if tc.fsdp and info.enabled:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-            set_optimizer_state_dict(raw_model, optimizer, state["optimizer"],
-                                     options=StateDictOptions(full_state_dict=True))
-        else:
-            optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        rng = state["rng"]
-        data_states = state.get("data") or []
-        if len(data_states) == info.world:
-            task.load_state_dict(data_states[info.rank])
-        if len(rng) == info.world:
-            restore_rng(rng[info.rank])
-        else:
-            say(f"resuming with {info.world} processes instead of {len(rng)}: RNG streams are re-seeded")
-            _seed_all(tc.seed + 1 + info.rank + start_iter)
-        if run_dir is not None and main:
-            history = _truncate_metrics(run_dir / METRICS_FILE, start_iter)
-        D.barrier(info)
-    else:
+    run = _Run(cfg, strategy, task, model, raw_model, optimizer, scheduler, scaler, amp_dtype, run_dir, console,
+               callback, t_start)
+    history = _restore(run, state) if state is not None else []
+    if state is None:
         _seed_all(tc.seed + 1 + info.rank)  # per-process dropout streams
-
-    if run_dir is not None and main:
+    if run_dir is not None and info.is_main:
         save_config(cfg, run_dir / CONFIG_FILE)
-    loggers = _Loggers(run_dir, cfg, main, history, say)
+    run.loggers = _Loggers(run_dir, cfg, info.is_main, history, console.say)
+    console.say(_banner(run))
+    return run
 
-    say(
-        f"{model_class_name(cfg.model).removesuffix('_HFHub')}: {n_params / 1e6:.2f}M parameters | "
-        f"{task.describe()} | device {info.device.type}"
-        f"{'' if amp_dtype is None else ' ' + str(amp_dtype).removeprefix('torch.')}"
-        f"{f' x{info.world} processes' + (' (FSDP)' if tc.fsdp else ' (DDP)') if info.enabled else ''}"
-        f"{f' | run dir {run_dir}' if run_dir else ''}"
-        f"{f' | resuming at iter {start_iter}' if start_iter else ''}"
-    )
 
-    # ---- evaluation and checkpoint helpers
-    last_eval: dict[str, float] = {}
+def _restore(run: _Run, state: dict) -> list[dict]:
+    """Load the optimizer, schedule, scaler, RNG and data positions of a checkpoint; the metrics kept so far."""
+    info = run.strategy.info
+    run.start_iter = int(state["iter"])
+    run.tokens_seen = int(state.get("tokens_seen", 0))
+    run.elapsed_before = float(state.get("elapsed_s", 0.0))
+    run.strategy.load_optimizer_state(run.optimizer, state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if "scaler" in state:
+        run.scaler.load_state_dict(state["scaler"])
+    rng = state["rng"]
+    data_states = state.get("data") or []
+    if len(data_states) == info.world:
+        run.task.load_state_dict(data_states[info.rank])
+    if len(rng) == info.world:
+        restore_rng(rng[info.rank])
+    else:
+        run.console.say(f"resuming with {info.world} processes instead of {len(rng)}: RNG streams are re-seeded")
+        _seed_all(run.cfg.train.seed + 1 + info.rank + run.start_iter)
+    history = []
+    if run.run_dir is not None and info.is_main:
+        history = _truncate_metrics(run.run_dir / METRICS_FILE, run.start_iter)
+    run.strategy.barrier()
+    return history
 
-    def run_eval(it: int, splits=("val",)) -> None:
-        eval_model = model if (tc.fsdp and info.enabled) else raw_model
-        was_training = raw_model.training
-        raw_model.eval()
-        for split in splits:
-            res = task.evaluate(eval_model, split, autocast)
-            if res is None:
-                continue
-            rec = {"iter": it, "split": split, **{k: float(v) for k, v in res.items()}}
-            last_eval.update({f"{split}_{k}": float(v) for k, v in res.items()})
-            loggers.log(rec)
-            say(f"iter {it}: {split} {_fmt_metrics(res)}")
-            if callback is not None and callback(it, rec):
-                stop_requested[0] = True
-        raw_model.train(was_training)
 
-    def save_checkpoint(it: int) -> None:
-        if run_dir is None:
-            return
-        if tc.fsdp and info.enabled:
-            from torch.distributed.checkpoint.state_dict import (
-                StateDictOptions,
-                get_model_state_dict,
-                get_optimizer_state_dict,
-            )
+def _banner(run: _Run) -> str:
+    cfg, info = run.cfg, run.strategy.info
+    n_params = sum(p.numel() for p in {id(p): p for p in run.raw_model.parameters()}.values())
+    dtype = "" if run.amp_dtype is None else " " + str(run.amp_dtype).removeprefix("torch.")
+    procs = f" x{info.world} processes{run.strategy.label}" if info.enabled else ""
+    return (f"{model_class_name(cfg.model).removesuffix('_HFHub')}: {n_params / 1e6:.2f}M parameters | "
+            f"{run.task.describe()} | device {info.device.type}{dtype}{procs}"
+            f"{f' | run dir {run.run_dir}' if run.run_dir else ''}"
+            f"{f' | resuming at iter {run.start_iter}' if run.start_iter else ''}")
 
-            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            msd = get_model_state_dict(raw_model, options=opts)
-            osd = get_optimizer_state_dict(raw_model, optimizer, options=opts)
-        else:
-            msd, osd = None, optimizer.state_dict()
-        rngs = D.gather_objects(capture_rng(), info)
-        data_states = D.gather_objects(task.state_dict(), info)
-        if main:
-            trainer_state = {
-                "iter": it,
-                "optimizer": osd,
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": rngs,
-                "data": data_states,
-                "tokens_seen": tokens_seen,
-                "elapsed_s": elapsed_before + time.time() - t_start,
-                "world_size": info.world,
-                "config": config_to_dict(cfg),
-            }
 
-            def write(d: Path) -> None:
-                to_save = raw_model
-                if msd is not None:  # FSDP: a plain copy holding the gathered full weights
-                    to_save = build_model(cfg.model)
-                    to_save.load_state_dict(msd)
-                _save_model(to_save, d)
-                torch.save(trainer_state, d / STATE_FILE)
-                if task.tokenizer is not None:
-                    save_tokenizer(task.tokenizer, d)
-                save_config(cfg, d / "train_config.yaml")
+# ----------------------------------------------------------------------------------------------------------------
+# one step, evaluation, checkpoints, the loop
 
-            atomic_save_dir(run_dir, write)
-        D.barrier(info)
 
-    # ---- the loop
+def _train_step(run: _Run, it: int) -> tuple[torch.Tensor, int]:
+    """One optimizer step on the global batch of iteration ``it``: (sum of the losses on this process, N_t)."""
+    tc, info = run.cfg.train, run.strategy.info
+    n_global = run.task.global_count(it)
+    loss_acc = torch.zeros((), device=info.device)
+    for micro in range(tc.grad_accum_steps):
+        batch = run.task.train_batch(it, micro, info.rank, info.world)
+        with run.strategy.sync(last_micro=micro == tc.grad_accum_steps - 1):
+            with run.autocast():
+                s = run.task.loss_sum(run.model, batch)
+            run.scaler.scale(s * (info.world / n_global)).backward()
+        loss_acc += s.detach()
+    if run.cfg.optim.grad_clip > 0:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), run.cfg.optim.grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scheduler.step()
+    run.tokens_seen += run.task.units_per_step
+    return loss_acc, n_global
+
+
+def _evaluate(run: _Run, it: int, splits=("val",)) -> None:
+    """Evaluate on each split, log the records and print one line each."""
+    was_training = run.raw_model.training
+    run.raw_model.eval()
+    for split in splits:
+        res = run.task.evaluate(run.strategy.eval_model(), split, run.autocast)
+        if res is None:
+            continue
+        run.last_eval.update({f"{split}_{k}": float(v) for k, v in res.items()})
+        run.console.say(f"iter {it}: {split} {_fmt_metrics(res)}")
+        run.notify(it, {"iter": it, "split": split, **{k: float(v) for k, v in res.items()}})
+    run.raw_model.train(was_training)
+
+
+def _save_checkpoint(run: _Run, it: int) -> None:
+    """Gather the full state on rank 0 and write it atomically to ``run_dir/checkpoint``."""
+    if run.run_dir is None:
+        return
+    strategy, cfg = run.strategy, run.cfg
+    msd, osd = strategy.model_state(), strategy.optimizer_state(run.optimizer)
+    rngs = strategy.gather(capture_rng())
+    data_states = strategy.gather(run.task.state_dict())
+    if strategy.info.is_main:
+        trainer_state = {
+            "iter": it, "optimizer": osd, "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
+            "rng": rngs, "data": data_states, "tokens_seen": run.tokens_seen, "elapsed_s": run.elapsed(),
+            "world_size": strategy.info.world, "config": config_to_dict(cfg),
+        }
+
+        def write(d: Path) -> None:
+            to_save = run.raw_model
+            if msd is not None:  # FSDP: a plain copy holding the gathered full weights
+                to_save = build_model(cfg.model)
+                to_save.load_state_dict(msd)
+            _save_model(to_save, d)
+            torch.save(trainer_state, d / STATE_FILE)
+            if run.task.tokenizer is not None:
+                save_tokenizer(run.task.tokenizer, d)
+            save_config(cfg, d / "train_config.yaml")
+
+        atomic_save_dir(run.run_dir, write)
+    strategy.barrier()
+
+
+class _Meter:
+    """The train record of a log step: the loss summed over processes, the throughput since the last one."""
+
+    def __init__(self, it: int) -> None:
+        self.t, self.units, self.it = time.time(), 0, it
+
+    def record(self, run: _Run, it: int, loss_sum: torch.Tensor, n_global: int) -> dict:
+        run.strategy.sum(loss_sum)
+        dt = max(time.time() - self.t, 1e-9)
+        rec = {"iter": it, "split": "train", "loss": float(loss_sum) / n_global,
+               "lr": run.optimizer.param_groups[0]["lr"], run.task.units: run.tokens_seen,
+               f"{run.task.units}_per_s": self.units / dt, "elapsed_s": run.elapsed()}
+        info = run.strategy.info
+        if info.device.type == "cuda" and run.cfg.model.family == "lm" and hasattr(run.raw_model, "estimate_mfu"):
+            per_iter = dt / max(it - self.it, 1)  # seconds per iteration; sequences per iteration on this process
+            rec["mfu"] = float(run.raw_model.estimate_mfu(run.cfg.train.batch_size // info.world, per_iter))
+        self.t, self.units, self.it = time.time(), 0, it
+        return rec
+
+
+def _loop(run: _Run) -> tuple[int, bool, float | None]:
+    """Train from ``run.start_iter`` to ``max_iters``: ``(last iteration, interrupted, last train loss)``."""
     from tqdm.auto import tqdm
 
-    stop_requested = [False]
-    it = start_iter
-    last_loss: float | None = None
-    t_log = time.time()
-    units_since = 0
-    last_log_it = start_iter
-    ckpt_every = checkpoint_every(cfg)
-    raw_model.train()
-    if start_iter == 0 and tc.eval_interval > 0:
-        run_eval(0)
-    interrupted = False
-    with _Interrupt(say) as intr:
-        pbar = tqdm(total=tc.max_iters, initial=start_iter, disable=not (show and tc.progress), unit="it",
-                    dynamic_ncols=True, file=sys.stderr, mininterval=0.5, smoothing=0.1)
+    tc, console = run.cfg.train, run.console
+    it, last_loss, interrupted = run.start_iter, None, False
+    meter, ckpt_every = _Meter(it), checkpoint_every(run.cfg)
+    run.raw_model.train()
+    if it == 0 and tc.eval_interval > 0:
+        _evaluate(run, 0)
+    with _Interrupt(console.say) as intr:
+        pbar = console.pbar = tqdm(total=tc.max_iters, initial=it, disable=not (console.show and tc.progress),
+                                   unit="it", dynamic_ncols=True, file=sys.stderr, mininterval=0.5, smoothing=0.1)
         try:
             while it < tc.max_iters:
-                n_global = task.global_count(it)
-                loss_acc = torch.zeros((), device=info.device)
-                for micro in range(tc.grad_accum_steps):
-                    batch = task.train_batch(it, micro, info.rank, info.world)
-                    last_micro = micro == tc.grad_accum_steps - 1
-                    sync_ctx = (model.no_sync() if (info.enabled and not last_micro and hasattr(model, "no_sync"))
-                                else nullcontext())
-                    if tc.fsdp and info.enabled and hasattr(raw_model, "set_requires_gradient_sync"):
-                        raw_model.set_requires_gradient_sync(last_micro)
-                    with sync_ctx:
-                        with autocast():
-                            s = task.loss_sum(model, batch)
-                        loss = s * (info.world / n_global)
-                        scaler.scale(loss).backward()
-                    loss_acc += s.detach()
-                if cfg.optim.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.optim.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
+                loss_sum, n_global = _train_step(run, it)
                 it += 1
-                tokens_seen += task.units_per_step
-                units_since += task.units_per_step
+                meter.units += run.task.units_per_step
                 pbar.update(1)
-
-                if it % tc.log_interval == 0 or it == tc.max_iters:
-                    D.all_reduce_sum(loss_acc, info)
-                    last_loss = float(loss_acc) / n_global
-                    dt = max(time.time() - t_log, 1e-9)
-                    rate = units_since / dt
-                    t_log, units_since = time.time(), 0
-                    lr = optimizer.param_groups[0]["lr"]
-                    rec = {"iter": it, "split": "train", "loss": last_loss, "lr": lr,
-                           task.units: tokens_seen, f"{task.units}_per_s": rate,
-                           "elapsed_s": elapsed_before + time.time() - t_start}
-                    if info.device.type == "cuda" and family == "lm" and hasattr(raw_model, "estimate_mfu"):
-                        # sequences per iteration on this process, seconds per iteration
-                        per_iter = dt / max(it - last_log_it, 1)
-                        rec["mfu"] = float(raw_model.estimate_mfu(tc.batch_size // info.world, per_iter))
-                    last_log_it = it
-                    loggers.log(rec)
-                    pbar.set_postfix_str(f"loss={last_loss:.4f}, lr={lr:.2e}, {_fmt_count(rate)} {task.unit}/s",
-                                         refresh=False)
-                    if callback is not None and callback(it, rec):
-                        stop_requested[0] = True
-                if not math.isfinite(float(loss_acc)):
-                    raise FloatingPointError(f"the training loss is {float(loss_acc)} at iter {it}")
-
                 done = it == tc.max_iters
+                if it % tc.log_interval == 0 or done:
+                    rec = meter.record(run, it, loss_sum, n_global)
+                    last_loss = rec["loss"]
+                    pbar.set_postfix_str(f"loss={last_loss:.4f}, lr={rec['lr']:.2e}, "
+                                         f"{_fmt_count(rec[f'{run.task.units}_per_s'])} {run.task.unit}/s",
+                                         refresh=False)
+                    run.notify(it, rec)
+                if not math.isfinite(float(loss_sum)):
+                    raise FloatingPointError(f"the training loss is {float(loss_sum)} at iter {it}")
                 if tc.eval_interval > 0 and (it % tc.eval_interval == 0 or done):
-                    run_eval(it)
-                stop = stop_requested[0] or intr.flag
-                if info.enabled:
-                    flag = torch.tensor(float(stop), device=info.device)
-                    stop = bool(D.all_reduce_max(flag, info))
+                    _evaluate(run, it)
+                stop = run.strategy.any(run.stop_requested or intr.flag)
                 if done or stop or (ckpt_every and it % ckpt_every == 0):
-                    save_checkpoint(it)
+                    _save_checkpoint(run, it)
                 if stop and not done:
                     interrupted = True
-                    say(f"stopped at iter {it}; checkpoint saved" + (f" in {run_dir}" if run_dir else ""))
+                    where = f" in {run.run_dir}" if run.run_dir else ""
+                    console.say(f"stopped at iter {it}; checkpoint saved{where}")
                     break
         finally:
             pbar.close()
-            pbar = None
-    if it == tc.max_iters and not interrupted and task.has_split("test"):
-        run_eval(it, ("test",))
-    loggers.close()
-    elapsed = elapsed_before + time.time() - t_start
-    return TrainResult(
-        model=raw_model,
-        config=cfg,
-        iters=it,
-        train_loss=last_loss,
-        metrics=dict(last_eval),
-        history=loggers.history,
-        run_dir=run_dir,
-        interrupted=interrupted,
-        elapsed_s=elapsed,
-        tokenizer=task.tokenizer,
-    )
-
-
-def _blocks(model: nn.Module) -> list[nn.Module]:
-    """Transformer blocks to shard individually under FSDP (any ModuleList child named *blocks)."""
-    out = []
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.ModuleList) and name.split(".")[-1].endswith("blocks"):
-            out.extend(mod)
-    return out
+            console.pbar = None
+    return it, interrupted, last_loss
 
 
 def _save_model(model: nn.Module, directory: Path) -> None:
