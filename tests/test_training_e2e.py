@@ -293,3 +293,30 @@ def test_optional_loggers_warn_when_missing(tmp_path, capsys):
         assert "train.tensorboard=true but tensorboard is not installed (pip install tensorboard); skipping" in err
     else:
         assert (tmp_path / "run" / "tensorboard").is_dir()
+
+
+def test_data_flows_one_way_into_the_model_config():
+    """Issue 11.2: loading data never writes into the caller's config; model sizes come from a frozen DataSpec."""
+    import dataclasses
+
+    from dual_attention.training.config import ConfigError, config_to_dict
+    from dual_attention.training.data_spec import DataSpec, derive_model_config
+    from dual_attention.training.tasks import make_task
+
+    cfg = tiny("seq2seq-tiny-dat", "train.max_iters=1", "train.eval_interval=0")
+    before = config_to_dict(cfg)
+    task = make_task(cfg, torch.device("cpu"))
+    assert config_to_dict(cfg) == before and cfg.model.vocab_size is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        task.spec.vocab_size = 3
+    derived = derive_model_config(cfg.model, task.spec)
+    assert config_to_dict(cfg) == before  # pure: a new ModelConfig
+    assert (derived.vocab_size, derived.in_block_size, derived.out_block_size) == (
+        task.spec.vocab_size, task.spec.max_src_len, task.spec.max_tgt_len)
+    result = train(cfg, verbose=False)
+    assert config_to_dict(cfg) == before and result.config.model == derived
+    spec = DataSpec("vision", image_shape=(3, 16, 16), num_classes=4)
+    model = load_config("vision-tiny-dat").model
+    assert derive_model_config(model, spec).image_shape == [3, 16, 16] and model.image_shape is None
+    with pytest.raises(ConfigError, match="model.num_classes=2 but the data has labels up to 3"):
+        derive_model_config(dataclasses.replace(model, num_classes=2), spec)

@@ -72,6 +72,7 @@ def _fill_sizes(cfg) -> None:
             return  # model_kwargs names the missing sizes
         import torch
 
+        from dual_attention.training.data_spec import derive_model_config
         from dual_attention.training.tasks import make_task
 
-        make_task(cfg, torch.device("cpu"))
+        cfg.model = derive_model_config(cfg.model, make_task(cfg, torch.device("cpu")).spec)

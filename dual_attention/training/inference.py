@@ -134,13 +134,15 @@ def evaluate_checkpoint(path_or_id: str, data: str, *, batch_size: int = 32, max
         cfg.model.image_shape = config.get("image_shape")
         cfg.model.patch_size = list(config.get("patch_size", cfg.model.patch_size))
         cfg.model.num_classes = None
+    from dual_attention.training.data_spec import derive_model_config
     from dual_attention.training.tasks import make_task
 
     task = make_task(cfg, torch.device(device), tokenizer=loaded.tokenizer)
+    fits = derive_model_config(cfg.model, task.spec)  # raises when the model cannot hold the data
     if fam == "vision":
         n_out = _num_outputs(model)
-        if n_out is not None and cfg.model.num_classes > n_out:
-            raise DataError(f"{data!r} has labels up to {cfg.model.num_classes - 1} but the model has {n_out} classes")
+        if n_out is not None and fits.num_classes > n_out:
+            raise DataError(f"{data!r} has labels up to {fits.num_classes - 1} but the model has {n_out} classes")
     metrics = task.evaluate(model, "train") or {}
     bad = {k: v for k, v in metrics.items() if not math.isfinite(float(v))}
     if bad:

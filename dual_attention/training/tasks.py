@@ -36,6 +36,7 @@ from dual_attention.training.data import (
     micro_slice,
     step_generator,
 )
+from dual_attention.training.data_spec import DataSpec
 from dual_attention.training.tokenizers import CharTokenizer, get_tokenizer
 
 __all__ = ["Task", "LMTask", "Seq2SeqTask", "VisionTask", "make_task"]
@@ -45,6 +46,7 @@ class Task:
     """Interface shared by the families (see the module docstring)."""
 
     family = ""
+    spec: DataSpec  # what the data says about the model (set by each family's constructor)
     unit = "sample"  # progress-bar unit (``tok/s``)
     units = "samples"  # metrics.jsonl keys (``tokens``, ``tokens_per_s``)
 
@@ -114,13 +116,7 @@ class LMTask(Task):
         self.data = data
         self.tokenizer = data.tokenizer
         m = cfg.model
-        if m.vocab_size is None:
-            m.vocab_size = data.tokenizer.vocab_size
-        elif m.vocab_size < data.tokenizer.vocab_size:
-            raise ConfigError(
-                f"model.vocab_size={m.vocab_size} is smaller than the vocabulary of tokenizer "
-                f"{data.tokenizer.name!r} ({data.tokenizer.vocab_size})"
-            )
+        self.spec = DataSpec("lm", vocab_size=data.tokenizer.vocab_size, tokenizer_name=data.tokenizer.name)
         self.block = cfg.data.block_size or m.max_block_size
         if self.block > m.max_block_size:
             raise ConfigError(
@@ -224,25 +220,10 @@ class Seq2SeqTask(Task):
         super().__init__(cfg, device)
         self.data = data
         self.tokenizer = data.tokenizer
-        m = cfg.model
-        if m.vocab_size is None:
-            m.vocab_size = data.tokenizer.vocab_size
-        elif m.vocab_size < data.tokenizer.vocab_size:
-            raise ConfigError(
-                f"model.vocab_size={m.vocab_size} is smaller than the character vocabulary "
-                f"({data.tokenizer.vocab_size})"
-            )
         splits = [s for s in (data.train, data.val, data.test) if s is not None]
-        need_in = max(s.max_src_len for s in splits)
-        need_out = max(s.max_tgt_len for s in splits)
-        m.in_block_size = m.in_block_size or need_in
-        m.out_block_size = m.out_block_size or need_out
-        if need_in > m.in_block_size or need_out > m.out_block_size:
-            raise DataError(
-                f"the data has sources of up to {need_in} and targets (with <bos>/<eos>) of up to {need_out} "
-                f"tokens, more than model.in_block_size={m.in_block_size} / "
-                f"model.out_block_size={m.out_block_size}"
-            )
+        self.spec = DataSpec("seq2seq", vocab_size=data.tokenizer.vocab_size, tokenizer_name=data.tokenizer.name,
+                             max_src_len=max(s.max_src_len for s in splits),
+                             max_tgt_len=max(s.max_tgt_len for s in splits))
 
     def _idx(self, step: int) -> torch.Tensor:
         if self._cache is None or self._cache[0] != step:
@@ -317,21 +298,9 @@ class VisionTask(Task):
         super().__init__(cfg, device)
         self.data = data
         self.tokenizer = None
-        m = cfg.model
         _, c, h, w = data.train.images.shape
-        shape = [c, w, h]  # the models read image_shape as (C, W, H)
-        if m.image_shape is None:
-            m.image_shape = shape
-        elif list(m.image_shape) != shape:
-            raise ConfigError(f"model.image_shape={m.image_shape} does not match the data's (C, W, H) = {shape}")
         n_cls = int(max(int(s.labels.max()) for s in (data.train, data.val, data.test) if s is not None)) + 1
-        if m.num_classes is None:
-            m.num_classes = n_cls
-        elif m.num_classes < n_cls:
-            raise ConfigError(f"model.num_classes={m.num_classes} but the data has labels up to {n_cls - 1}")
-        pw, ph = m.patch_size
-        if w % pw or h % ph:
-            raise ConfigError(f"model.patch_size={m.patch_size} does not divide the image size (W, H) = ({w}, {h})")
+        self.spec = DataSpec("vision", image_shape=(c, w, h), num_classes=n_cls)  # models read (C, W, H)
 
     def _idx(self, step: int) -> torch.Tensor:
         if self._cache is None or self._cache[0] != step:
@@ -387,7 +356,8 @@ def make_task(cfg: Config, device: torch.device, train_data=None, val_data=None,
 
     In-memory data: LM a 1-D token tensor (or a str, byte-tokenized); seq2seq a list of
     ``(source, target)`` string pairs; vision ``(images, labels)`` tensors or an :class:`ImageData`.
-    Derived model sizes (vocabulary, block sizes, image shape, classes) are filled into ``cfg.model``.
+    ``cfg`` is only read: the task's :class:`DataSpec` (``task.spec``) describes the data, and
+    :func:`~dual_attention.training.data_spec.derive_model_config` derives the model sizes from it.
     """
     fam = cfg.model.family
     seed = cfg.train.seed

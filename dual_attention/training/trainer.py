@@ -22,6 +22,7 @@ SIGINT/SIGTERM during training finish the current step, save a checkpoint and re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -52,6 +53,7 @@ from dual_attention.training.checkpoint import (
     restore_rng,
 )
 from dual_attention.training.config import Config, ConfigError, config_to_dict, load_config, save_config
+from dual_attention.training.data_spec import derive_model_config
 from dual_attention.training.models import build_model, configure_optimizer, model_class_name
 from dual_attention.training.strategy import Strategy, make_strategy
 from dual_attention.training.tasks import Task, make_task
@@ -338,7 +340,7 @@ def train(
         ConfigError, DataError, RunDirError, CheckpointError (all ValueError) for user errors.
     """
     cfg = config if isinstance(config, Config) else load_config(config)
-    cfg = load_config(cfg)  # a validated deep copy: derived sizes are filled into this one
+    cfg = load_config(cfg)  # a validated copy: the result's config (with the data-derived sizes) is a new one
     info = D.setup(cfg.train.device)
     try:
         return _train(cfg, info, train_data, val_data, test_data, resume, overwrite, callback, verbose)
@@ -406,10 +408,10 @@ def _train(cfg: Config, info: D.DistInfo, train_data, val_data, test_data, resum
     console = _Console(verbose and info.is_main)
     run = _build_run(cfg, info, (train_data, val_data, test_data), resume, overwrite, callback, console)
     it, interrupted, last_loss = _loop(run)
-    if it == cfg.train.max_iters and not interrupted and run.task.has_split("test"):
+    if it == run.cfg.train.max_iters and not interrupted and run.task.has_split("test"):
         _evaluate(run, it, ("test",))
     run.loggers.close()
-    return TrainResult(model=run.raw_model, config=cfg, iters=it, train_loss=last_loss, metrics=dict(run.last_eval),
+    return TrainResult(model=run.raw_model, config=run.cfg, iters=it, train_loss=last_loss, metrics=dict(run.last_eval),
                        history=run.loggers.history, run_dir=run.run_dir, interrupted=interrupted,
                        elapsed_s=run.elapsed(), tokenizer=run.task.tokenizer)
 
@@ -473,6 +475,7 @@ def _build_run(cfg: Config, info: D.DistInfo, data: tuple, resume: bool, overwri
     _seed_all(tc.seed)
     tokenizer = load_tokenizer(ckpt_dir) if ckpt_dir is not None else None
     task: Task = make_task(cfg, info.device, *data, tokenizer=tokenizer)
+    cfg = dataclasses.replace(cfg, model=derive_model_config(cfg.model, task.spec))  # the sizes the data implies
     _check_same_model(cfg, state)
     per_rank = tc.batch_size // tc.grad_accum_steps
     if per_rank % info.world:
