@@ -39,6 +39,9 @@ BAD_CONFIG: dict[str, list[str]] = {
     "model.symmetric_rels": ["maybe"],
     "model.ra_type": ["bogus"],
     "model.share_attn_params": ["maybe"],
+    "model.symmetric_attn": ["maybe"],
+    "model.qk_norm": ["maybe", "true"],  # true: needs model.ra_type=hadamard
+    "model.update_symbols_each_layer": ["maybe"],
     "model.symbol_retrieval": ["bogus"],
     "model.n_symbols": ["0"],
     "model.symbol_heads": ["0"],
@@ -48,7 +51,7 @@ BAD_CONFIG: dict[str, list[str]] = {
     "model.norm_first": ["maybe"],
     "model.norm_type": ["bogus"],
     "model.bias": ["maybe"],
-    "model.vocab_size": ["0", "-3"],
+    "model.vocab_size": ["0", "-3", "10"],  # 10: smaller than the byte tokenizer's 256
     "model.max_block_size": ["0"],
     "model.pos_enc_type": ["bogus"],
     "model.n_layers_dec": ["0"],
