@@ -156,145 +156,91 @@ def _n_heads(cfg: ModelConfig) -> int:
     return n
 
 
+def _dat_heads(cfg: ModelConfig, max_len: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """DAT options: (the per-block head arguments, the model-level symbol retrieval arguments)."""
+    sym_kw, ra_extra = _symbol_kwargs(cfg, max_len)
+    heads = {"n_heads_sa": cfg.n_heads_sa, "n_heads_ra": cfg.n_heads_ra, "sa_kwargs": _sa_kwargs(cfg),
+             "ra_kwargs": _ra_kwargs(cfg, ra_extra), "ra_type": cfg.ra_type}
+    symbols = {"symbol_retrieval": _symbol_retrieval(cfg), "symbol_retrieval_kwargs": sym_kw}
+    return heads, symbols
+
+
+def _block_common(cfg: ModelConfig) -> dict[str, Any]:
+    return {"dff": cfg.dff, "dropout_rate": cfg.dropout, "activation": cfg.activation, "norm_first": cfg.norm_first}
+
+
+def _lm_kwargs(cfg: ModelConfig) -> dict[str, Any]:
+    if not cfg.vocab_size:
+        raise ConfigError("model.vocab_size is not set (it comes from the tokenizer when data is given)")
+    kw = {"vocab_size": cfg.vocab_size, "d_model": cfg.d_model, "n_layers": cfg.n_layers, **_block_common(cfg),
+          "max_block_size": cfg.max_block_size, "norm_type": cfg.norm_type, "pos_enc_type": cfg.pos_enc_type,
+          "bias": cfg.bias}
+    if cfg.arch == "transformer":
+        kw["n_heads"] = _n_heads(cfg)
+        if cfg.n_kv_heads:
+            kw["block_kwargs"] = {"attn_kwargs": {"n_kv_heads": cfg.n_kv_heads}}
+        return kw
+    heads, symbols = _dat_heads(cfg, cfg.max_block_size)
+    return {**kw, "n_heads_sa": heads["n_heads_sa"], "n_heads_ra": heads["n_heads_ra"], **symbols,
+            "sa_kwargs": heads["sa_kwargs"], "ra_kwargs": heads["ra_kwargs"], "ra_type": cfg.ra_type,
+            "share_attn_params": cfg.share_attn_params, **_dat_options(cfg)}
+
+
+def _seq2seq_kwargs(cfg: ModelConfig) -> dict[str, Any]:
+    if not cfg.vocab_size or not cfg.in_block_size or not cfg.out_block_size:
+        raise ConfigError(
+            "model.vocab_size, model.in_block_size and model.out_block_size must be set "
+            "(they come from the data when data is given)"
+        )
+    spec = {"type": "token", "vocab_size": cfg.vocab_size}
+    n_cross = cfg.n_heads_cross or (_n_heads(cfg) if cfg.arch == "transformer" else cfg.n_heads_sa + cfg.n_heads_ra)
+    block = {**_block_common(cfg), "norm_type": cfg.norm_type, "bias": cfg.bias}
+    kw = {"input_spec": spec, "output_spec": dict(spec), "d_model": cfg.d_model, "out_dim": cfg.vocab_size,
+          "n_layers_enc": cfg.n_layers, "n_layers_dec": cfg.n_layers_dec or cfg.n_layers,
+          "in_block_size": cfg.in_block_size, "out_block_size": cfg.out_block_size}
+    if cfg.arch == "transformer":
+        h = _n_heads(cfg)
+        kw.update(encoder_kwargs={**block, "n_heads": h, "causal": False},
+                  decoder_kwargs={**block, "n_heads": h, "n_heads_cross": n_cross, "causal": True})
+    else:
+        heads, symbols = _dat_heads(cfg, max(cfg.in_block_size, cfg.out_block_size))
+        dual = {**block, **heads, "share_attn_params": cfg.share_attn_params}
+        kw.update(**symbols, encoder_kwargs={**dual, "causal": False},
+                  decoder_kwargs={**dual, "n_heads_cross": n_cross, "causal": True}, **_dat_options(cfg))
+    return {**kw, **_pos_enc(cfg)}
+
+
+def _vision_kwargs(cfg: ModelConfig) -> dict[str, Any]:
+    if not cfg.image_shape or not cfg.num_classes:
+        raise ConfigError(
+            "model.image_shape and model.num_classes must be set (they come from the data when data is given)"
+        )
+    kw = {"image_shape": list(cfg.image_shape), "patch_size": list(cfg.patch_size), "num_classes": cfg.num_classes,
+          "d_model": cfg.d_model, "n_layers": cfg.n_layers, **_block_common(cfg), "norm_type": cfg.norm_type,
+          "bias": cfg.bias, "pool": cfg.pool}
+    if cfg.arch == "transformer":
+        kw["n_heads"] = _n_heads(cfg)
+    else:
+        _, w, h = cfg.image_shape
+        pw, ph = cfg.patch_size
+        heads, symbols = _dat_heads(cfg, (w // pw) * (h // ph) + 1)  # patches + the cls token
+        kw.update(n_heads_sa=heads["n_heads_sa"], n_heads_ra=heads["n_heads_ra"], **symbols, ra_type=cfg.ra_type,
+                  ra_kwargs=heads["ra_kwargs"], sa_kwargs=heads["sa_kwargs"], **_dat_options(cfg))
+    return {**kw, **_pos_enc(cfg)}
+
+
+#: family -> the builder of its constructor's keyword arguments
+_KWARGS_BUILDERS = {"lm": _lm_kwargs, "seq2seq": _seq2seq_kwargs, "vision": _vision_kwargs}
+
+
 def model_kwargs(cfg: ModelConfig) -> dict[str, Any]:
     """The keyword arguments of the model constructor for ``cfg`` (all sizes must be resolved)."""
-    fam, arch = cfg.family, cfg.arch
-    model_class_name(cfg)
-    kw: dict[str, Any]
-    if fam == "lm":
-        if not cfg.vocab_size:
-            raise ConfigError("model.vocab_size is not set (it comes from the tokenizer when data is given)")
-        common = {
-            "vocab_size": cfg.vocab_size,
-            "d_model": cfg.d_model,
-            "n_layers": cfg.n_layers,
-            "dff": cfg.dff,
-            "dropout_rate": cfg.dropout,
-            "activation": cfg.activation,
-            "norm_first": cfg.norm_first,
-            "max_block_size": cfg.max_block_size,
-            "norm_type": cfg.norm_type,
-            "pos_enc_type": cfg.pos_enc_type,
-            "bias": cfg.bias,
-        }
-        if arch == "dat":
-            sym_kw, ra_extra = _symbol_kwargs(cfg, cfg.max_block_size)
-            kw = {
-                **common,
-                "n_heads_sa": cfg.n_heads_sa,
-                "n_heads_ra": cfg.n_heads_ra,
-                "symbol_retrieval": _symbol_retrieval(cfg),
-                "symbol_retrieval_kwargs": sym_kw,
-                "sa_kwargs": _sa_kwargs(cfg),
-                "ra_kwargs": _ra_kwargs(cfg, ra_extra),
-                "ra_type": cfg.ra_type,
-                "share_attn_params": cfg.share_attn_params,
-                **_dat_options(cfg),
-            }
-        else:
-            kw = {**common, "n_heads": _n_heads(cfg)}
-            if cfg.n_kv_heads:
-                kw["block_kwargs"] = {"attn_kwargs": {"n_kv_heads": cfg.n_kv_heads}}
-    elif fam == "seq2seq":
-        if not cfg.vocab_size or not cfg.in_block_size or not cfg.out_block_size:
-            raise ConfigError(
-                "model.vocab_size, model.in_block_size and model.out_block_size must be set "
-                "(they come from the data when data is given)"
-            )
-        spec = {"type": "token", "vocab_size": cfg.vocab_size}
-        n_cross = cfg.n_heads_cross or (_n_heads(cfg) if arch == "transformer" else cfg.n_heads_sa + cfg.n_heads_ra)
-        block = {
-            "dff": cfg.dff,
-            "dropout_rate": cfg.dropout,
-            "activation": cfg.activation,
-            "norm_first": cfg.norm_first,
-            "norm_type": cfg.norm_type,
-            "bias": cfg.bias,
-        }
-        kw = {
-            "input_spec": spec,
-            "output_spec": dict(spec),
-            "d_model": cfg.d_model,
-            "out_dim": cfg.vocab_size,
-            "n_layers_enc": cfg.n_layers,
-            "n_layers_dec": cfg.n_layers_dec or cfg.n_layers,
-            "in_block_size": cfg.in_block_size,
-            "out_block_size": cfg.out_block_size,
-        }
-        if arch == "dat":
-            sym_kw, ra_extra = _symbol_kwargs(cfg, max(cfg.in_block_size, cfg.out_block_size))
-            dual = {
-                **block,
-                "n_heads_sa": cfg.n_heads_sa,
-                "n_heads_ra": cfg.n_heads_ra,
-                "sa_kwargs": _sa_kwargs(cfg),
-                "ra_kwargs": _ra_kwargs(cfg, ra_extra),
-                "ra_type": cfg.ra_type,
-                "share_attn_params": cfg.share_attn_params,
-            }
-            kw.update(
-                symbol_retrieval=_symbol_retrieval(cfg),
-                symbol_retrieval_kwargs=sym_kw,
-                encoder_kwargs={**dual, "causal": False},
-                decoder_kwargs={**dual, "n_heads_cross": n_cross, "causal": True},
-                **_dat_options(cfg),
-            )
-        else:
-            h = _n_heads(cfg)
-            kw.update(
-                encoder_kwargs={**block, "n_heads": h, "causal": False},
-                decoder_kwargs={**block, "n_heads": h, "n_heads_cross": n_cross, "causal": True},
-            )
-        kw.update(_pos_enc(cfg))
-    else:  # vision
-        if not cfg.image_shape or not cfg.num_classes:
-            raise ConfigError(
-                "model.image_shape and model.num_classes must be set (they come from the data when data is given)"
-            )
-        kw = {
-            "image_shape": list(cfg.image_shape),
-            "patch_size": list(cfg.patch_size),
-            "num_classes": cfg.num_classes,
-            "d_model": cfg.d_model,
-            "n_layers": cfg.n_layers,
-            "dff": cfg.dff,
-            "dropout_rate": cfg.dropout,
-            "activation": cfg.activation,
-            "norm_first": cfg.norm_first,
-            "norm_type": cfg.norm_type,
-            "bias": cfg.bias,
-            "pool": cfg.pool,
-        }
-        if arch == "dat":
-            c, w, h = cfg.image_shape
-            pw, ph = cfg.patch_size
-            n_tokens = (w // pw) * (h // ph) + 1
-            sym_kw, ra_extra = _symbol_kwargs(cfg, n_tokens)
-            kw.update(
-                n_heads_sa=cfg.n_heads_sa,
-                n_heads_ra=cfg.n_heads_ra,
-                symbol_retrieval=_symbol_retrieval(cfg),
-                symbol_retrieval_kwargs=sym_kw,
-                ra_type=cfg.ra_type,
-                ra_kwargs=_ra_kwargs(cfg, ra_extra),
-                sa_kwargs=_sa_kwargs(cfg),
-                **_dat_options(cfg),
-            )
-        else:
-            kw["n_heads"] = _n_heads(cfg)
-        kw.update(_pos_enc(cfg))
-    kw.update(cfg.extra_kwargs)
-    return kw
+    model_class_name(cfg)  # ConfigError for an unknown family/arch
+    return {**_KWARGS_BUILDERS[cfg.family](cfg), **cfg.extra_kwargs}
 
 
 def _hf_class(name: str) -> type:
-    try:
-        hf = importlib.import_module("dual_attention.hf")
-    except ImportError as e:
-        raise ConfigError(
-            f"cannot import dual_attention.hf ({e}); install the extra: pip install 'dual_attention[hf]'"
-        ) from None
-    return getattr(hf, name)
+    return getattr(importlib.import_module("dual_attention.hf"), name)
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
