@@ -1,0 +1,37 @@
+"""Integrations with the tools language-model researchers already use.
+
+* :mod:`.hf_transformers` (extra ``transformers``): DAT / Transformer LMs as ``transformers`` causal-LM models
+  (``AutoModelForCausalLM``, ``generate``, ``pipeline``, PEFT) and ``dat export hf``;
+* :mod:`.lm_eval_backend` (extra ``eval``): an lm-evaluation-harness model type for our checkpoints, behind
+  ``dat eval CHECKPOINT --tasks ...``.
+
+Each sub-module imports its third-party library on import; :func:`require` turns a missing one into a one-line
+error that names the extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__all__ = ["MissingExtraError", "require"]
+
+#: module name -> (pip distribution, dual_attention extra)
+_EXTRAS = {
+    "transformers": ("transformers>=5", "transformers"),
+    "tokenizers": ("tokenizers", "transformers"),
+    "lm_eval": ("lm-eval>=0.4", "eval"),
+}
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency is not installed; the message names the extra that installs it."""
+
+
+def require(module: str, feature: str):
+    """Import ``module`` or raise :class:`MissingExtraError` saying which extra ``feature`` needs."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        dist, extra = _EXTRAS.get(module, (module, None))
+        hint = f"pip install 'dual_attention[{extra}]'" if extra else f"pip install {dist}"
+        raise MissingExtraError(f"{feature} needs the {dist!r} package ({e.msg}): {hint}") from None
