@@ -17,7 +17,7 @@ from dual_attention import __version__
 from dual_attention.training.cli_support import Parser
 
 #: command modules, in the order ``dat --help`` lists them
-COMMANDS = ("train", "eval", "generate", "info", "plot", "viz", "demo", "experiment")
+COMMANDS = ("train", "eval", "export", "generate", "info", "plot", "viz", "demo", "experiment")
 
 
 class CLIError(Exception):

@@ -19,7 +19,6 @@ from dual_attention.integrations import require
 require("lm_eval", "the lm-evaluation-harness backend")
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from lm_eval.api.model import TemplateLM  # noqa: E402
 from lm_eval.api.registry import register_model  # noqa: E402
 from lm_eval.models.utils import Collator, handle_stop_sequences, normalize_gen_kwargs  # noqa: E402
@@ -29,13 +28,18 @@ from tqdm.auto import tqdm  # noqa: E402
 from dual_attention.generation import stream_generate  # noqa: E402
 from dual_attention.integrations.checkpoints import load_lm  # noqa: E402
 from dual_attention.training.checkpoint import CheckpointError  # noqa: E402
+from dual_attention.training.mc_eval import continuation_logprobs  # noqa: E402
 
-__all__ = ["DualAttentionLM"]
+__all__ = ["DualAttentionLM", "TaskError", "evaluate_tasks"]
 
 #: end-of-text stand-in of tokenizers without one (the byte tokenizer), as in the exported transformers tokenizer
 BYTE_EOS_ID = 0
 #: with generate_until, stop sequences are looked for every this many new tokens
 _STOP_CHECK_EVERY = 8
+
+
+class TaskError(ValueError):
+    """An lm-eval task name that is neither built in nor in the include path."""
 
 
 @register_model("dual_attention", "dat")
@@ -78,29 +82,13 @@ class DualAttentionLM(TemplateLM):
         return self.tokenizer.decode(list(tokens))
 
     # ------------------------------------------------------------------------------------------- scoring
-    @torch.no_grad()
-    def _score(self, batch: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
-        """``(sum log p(continuation | context), continuation is greedy)`` for each ``(context, continuation)``."""
-        inps = [(ctx + cont)[-(self.max_length + 1):][:-1] for ctx, cont in batch]
-        width = max(len(i) for i in inps)
-        x = torch.zeros(len(inps), width, dtype=torch.long, device=self.device)  # right padding: causal, unseen
-        for row, inp in enumerate(inps):
-            x[row, :len(inp)] = torch.tensor(inp, dtype=torch.long)
-        logp = F.log_softmax(self.model(x)[0].float(), dim=-1)  # (B, width, V)
-        out = []
-        for row, (inp, (_, cont)) in enumerate(zip(inps, batch)):
-            lp = logp[row, len(inp) - len(cont):len(inp)]  # (len(cont), V)
-            target = torch.tensor(cont, dtype=torch.long, device=self.device)
-            greedy = bool((lp.argmax(dim=-1) == target).all())
-            out.append((float(lp.gather(1, target[:, None]).sum()), greedy))
-        return out
-
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         reorder = Collator(requests, sort_fn=lambda r: (-len(r[1] + r[2]), tuple(r[1] + r[2])))
         res = []
         with tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="loglikelihood") as bar:
             for chunk in reorder.get_batched(n=self.batch_size):
-                for (key, _, _), answer in zip(chunk, self._score([(c[1], c[2]) for c in chunk])):
+                for (key, _, _), answer in zip(chunk, continuation_logprobs(
+                        self.model, [(c[1], c[2]) for c in chunk], self.max_length, self.device)):
                     res.append(answer)
                     if key is not None:
                         self.cache_hook.add_partial("loglikelihood", key, answer)
@@ -174,7 +162,7 @@ def evaluate_tasks(checkpoint: str, tasks: list[str], *, limit: float | None = N
                    seed: int = 0) -> dict:
     """Run lm-eval ``tasks`` on a checkpoint through :class:`DualAttentionLM`; lm-eval's results dict.
 
-    Unknown task names raise a ValueError listing them, before the model is loaded.
+    Unknown task names raise a :class:`TaskError` listing them, before the model is loaded.
     """
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
@@ -183,7 +171,7 @@ def evaluate_tasks(checkpoint: str, tasks: list[str], *, limit: float | None = N
     unknown = [t for t in tasks if not manager.match_tasks([t])]
     if unknown:
         where = f" (nor in --include-path {include_path})" if include_path else ""
-        raise ValueError(f"unknown lm-eval task(s) {', '.join(unknown)}{where}; `lm_eval ls tasks` lists the "
+        raise TaskError(f"unknown lm-eval task(s) {', '.join(unknown)}{where}; `lm_eval ls tasks` lists the "
                          "known ones, local task YAMLs go in a folder given by --include-path")
     lm = DualAttentionLM(checkpoint, batch_size=batch_size, device=device)
     results = simple_evaluate(model=lm, tasks=tasks, limit=limit, num_fewshot=num_fewshot, task_manager=manager,

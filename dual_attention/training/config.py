@@ -167,7 +167,9 @@ class TrainConfig:
     ``grad_accum_steps`` micro-batches and, under ``torchrun``, across processes: each process gets
     ``batch_size / (grad_accum_steps * world_size)`` examples per micro-step. ``out_dir=None`` means no
     run directory (nothing written; the CLI fills in ``runs/<name>``). ``eval_batch_size`` defaults to
-    ``batch_size`` (evaluated in micro-batch-sized chunks). Checkpoints are written every
+    ``batch_size`` (evaluated in micro-batch-sized chunks). ``mc_eval_file`` (LM): a HellaSwag-format JSON-lines
+    file scored at every evaluation (its first ``mc_eval_limit`` examples; see :mod:`.mc_eval`), logged as split
+    ``mc`` with ``acc`` and ``acc_norm``. Checkpoints are written every
     ``checkpoint_interval`` steps, independently of evaluation; ``None`` (the default) means every
     ``ceil(max_iters / 10)`` steps, at most 1000 (a kill loses at most a tenth of the run), ``0`` only at
     the end; a stop (Ctrl-C, SIGTERM, a callback) and the end always write one. ``dtype='auto'`` is
@@ -181,6 +183,8 @@ class TrainConfig:
     eval_interval: int = 100
     eval_iters: int = 20
     eval_batch_size: int | None = None
+    mc_eval_file: str | None = None
+    mc_eval_limit: int | None = None
     log_interval: int = 10
     checkpoint_interval: int | None = None
     seed: int = 1337

@@ -58,6 +58,8 @@ def plot_run(run_dir: str | Path | list, out: str | Path | None = None, log_y: b
              title: str | None = None) -> Path:
     """Plot train (raw, and smoothed when long) and validation loss against the iteration; return the PNG path.
 
+    A single run's validation accuracy and multiple-choice accuracy (``train.mc_eval_file``) go on a second axis.
+
     ``run_dir`` may be a list of run directories: their curves are overlaid (e.g. DAT against its Transformer
     baseline). The default output is ``<first run dir>/loss.png``. Needs matplotlib
     (``pip install 'dual_attention[plot]'``).
@@ -74,7 +76,7 @@ def plot_run(run_dir: str | Path | list, out: str | Path | None = None, log_y: b
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     single = len(dirs) == 1
     colours = ["tab:blue", "tab:red", "tab:green", "tab:purple", "tab:brown", "tab:olive"]
-    acc = []
+    acc, mc = [], []
     for k, (d, recs) in enumerate(zip(dirs, all_recs)):
         train = [(r["iter"], r["loss"]) for r in recs if r.get("split") == "train" and "loss" in r]
         val = [(r["iter"], r["loss"]) for r in recs if r.get("split") == "val" and "loss" in r]
@@ -95,15 +97,19 @@ def plot_run(run_dir: str | Path | list, out: str | Path | None = None, log_y: b
             ax.plot(xs, ys, "o-" if single else "o--", color=c_val, lw=1.8, ms=4, label=f"{name}val loss")
         if single:
             acc = [(r["iter"], r["acc"]) for r in recs if r.get("split") == "val" and "acc" in r]
+            mc = [(r["iter"], r["acc_norm"]) for r in recs if r.get("split") == "mc" and "acc_norm" in r]
     ax.set_xlabel("iteration")
     ax.set_ylabel("cross-entropy loss")
     if log_y:
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    if acc:
+    if acc or mc:
         ax2 = ax.twinx()
-        xs, ys = zip(*acc)
-        ax2.plot(xs, ys, "s--", color="tab:green", lw=1.2, ms=3, label="val accuracy")
+        for points, style, colour, label in ((acc, "s--", "tab:green", "val accuracy"),
+                                             (mc, "d:", "tab:purple", "multiple-choice acc_norm")):
+            if points:
+                xs, ys = zip(*points)
+                ax2.plot(xs, ys, style, color=colour, lw=1.2, ms=3, label=label)
         ax2.set_ylabel("accuracy")
         ax2.set_ylim(0, 1)
         h1, l1 = ax.get_legend_handles_labels()

@@ -54,6 +54,7 @@ from dual_attention.training.checkpoint import (
 )
 from dual_attention.training.config import Config, ConfigError, config_to_dict, load_config, save_config
 from dual_attention.training.data_spec import derive_model_config
+from dual_attention.training.mc_eval import make_mc_eval
 from dual_attention.training.models import build_model, configure_optimizer, model_class_name
 from dual_attention.training.strategy import Strategy, make_strategy
 from dual_attention.training.tasks import Task, make_task
@@ -387,6 +388,7 @@ class _Run:
     loggers: Any = None
     last_eval: dict[str, float] = field(default_factory=dict)
     stop_requested: bool = False
+    mc_eval: Callable | None = None  # train.mc_eval_file's scorer (see .mc_eval)
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -475,6 +477,7 @@ def _build_run(cfg: Config, info: D.DistInfo, data: tuple, resume: bool, overwri
     _seed_all(tc.seed)
     tokenizer = load_tokenizer(ckpt_dir) if ckpt_dir is not None else None
     task: Task = make_task(cfg, info.device, *data, tokenizer=tokenizer)
+    mc_eval = make_mc_eval(cfg, task.tokenizer, info.device)  # None unless train.mc_eval_file
     cfg = dataclasses.replace(cfg, model=derive_model_config(cfg.model, task.spec))  # the sizes the data implies
     _check_same_model(cfg, state)
     per_rank = tc.batch_size // tc.grad_accum_steps
@@ -499,7 +502,7 @@ def _build_run(cfg: Config, info: D.DistInfo, data: tuple, resume: bool, overwri
         _create_run_dir(run_dir, clear, info)
 
     run = _Run(cfg, strategy, task, model, raw_model, optimizer, scheduler, scaler, amp_dtype, run_dir, console,
-               callback, t_start)
+               callback, t_start, mc_eval=mc_eval)
     history = _restore(run, state) if state is not None else []
     if state is None:
         _seed_all(tc.seed + 1 + info.rank)  # per-process dropout streams
@@ -585,6 +588,11 @@ def _evaluate(run: _Run, it: int, splits=("val",)) -> None:
         run.last_eval.update({f"{split}_{k}": float(v) for k, v in res.items()})
         run.console.say(f"iter {it}: {split} {_fmt_metrics(res)}")
         run.notify(it, {"iter": it, "split": split, **{k: float(v) for k, v in res.items()}})
+    if run.mc_eval is not None and "val" in splits:
+        res = run.mc_eval(run.strategy.eval_model(), run.autocast)
+        run.last_eval.update({f"mc_{k}": v for k, v in res.items()})
+        run.console.say(f"iter {it}: mc {_fmt_metrics(res)}")
+        run.notify(it, {"iter": it, "split": "mc", **res})
     run.raw_model.train(was_training)
 
 
