@@ -6,7 +6,7 @@ continuation of the context: ``s(e) = sum_t log p(e_t | ctx, e_<t)`` over the to
 truncated on the left to fit the block. Reported (as lm-evaluation-harness does for HellaSwag):
 
     acc      = mean [argmax_e s(e) == label]
-    acc_norm = mean [argmax_e s(e) / len(" " + e in characters) == label]
+    acc_norm = mean [argmax_e s(e) / len(e in characters) == label]
 
 Needs no extra: the scoring is a batched forward of the model, in eval mode, without gradients.
 """
@@ -87,7 +87,7 @@ def score_mc(model, tokenizer, examples: list[dict], device: torch.device | str 
     k = 0
     for ex in examples:
         s = scores[k:k + len(ex["endings"])]
-        norm = [v / len(" " + e) for v, e in zip(s, ex["endings"])]
+        norm = [v / max(len(e), 1) for v, e in zip(s, ex["endings"])]
         acc += int(max(range(len(s)), key=s.__getitem__) == ex["label"])
         acc_norm += int(max(range(len(norm)), key=norm.__getitem__) == ex["label"])
         k += len(ex["endings"])
