@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from lm_checkpoints import SENTENCES, train_lm, write_mc_jsonl
+from lm_checkpoints import MC_EXAMPLES, SENTENCES, train_lm, write_mc_jsonl
 
 from dual_attention.cli import main
+from dual_attention.integrations.checkpoints import load_lm
+from dual_attention.training.mc_eval import score_mc
 
 pytest.importorskip("lm_eval")  # the dev extra installs it: this runs in CI
 from lm_eval import simple_evaluate  # noqa: E402
@@ -104,6 +106,11 @@ def test_our_backend_and_the_hf_backend_agree(setup):
                 assert x == y, task
             else:
                 assert x[0] == pytest.approx(y[0], abs=1e-4) and [bool(v) for v in x[1:]] == [bool(v) for v in y[1:]]
+    # the training-time scorer (train.mc_eval_file) computes lm-eval's acc / acc_norm
+    ck = load_lm(str(run))
+    during_training = score_mc(ck.model, ck.tokenizer, MC_EXAMPLES)
+    assert during_training["acc"] == ours["results"]["tiny_hellaswag"]["acc,none"]
+    assert during_training["acc_norm"] == ours["results"]["tiny_hellaswag"]["acc_norm,none"]
     # real numbers: the trained model prefers the true endings and continues the sentences it saw
     assert ours["results"]["tiny_hellaswag"]["acc,none"] >= 0.5
     assert ours["results"]["tiny_text"]["bits_per_byte,none"] < 4.0

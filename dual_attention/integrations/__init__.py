@@ -17,7 +17,7 @@ __all__ = ["MissingExtraError", "require"]
 
 #: module name -> (pip distribution, dual_attention extra)
 _EXTRAS = {
-    "transformers": ("transformers>=5", "transformers"),
+    "transformers": ("transformers>=5.24", "transformers"),
     "tokenizers": ("tokenizers", "transformers"),
     "lm_eval": ("lm-eval>=0.4", "eval"),
 }
