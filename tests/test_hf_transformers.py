@@ -126,6 +126,8 @@ def test_cache_steps_equal_the_full_forward(ckpts):
         step = hf(x[:, 5:], cache=first.cache)
         assert step.cache.get_seq_length() == 9
         one = hf(x[:, :5], past_key_values=DATCache(hf.model, 2)).logits  # the old name of the argument
+        dyn = hf(x[:, :5], cache=transformers.DynamicCache())  # an empty standard cache is replaced by ours
+    assert isinstance(dyn.cache, DATCache) and torch.equal(dyn.logits, first.logits)
     assert (torch.cat([first.logits, step.logits], 1) - full).abs().max().item() <= 1e-5
     assert (one - full[:, :5]).abs().max().item() <= 1e-5
     with pytest.raises(ValueError, match="exceeds the model's max_block_size 32"):

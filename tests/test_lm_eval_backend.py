@@ -127,7 +127,8 @@ def test_dat_eval_tasks_prints_the_table_and_writes_json(setup, tmp_path, capsys
     results = json.loads(out.read_text())
     assert set(results["results"]) == {"tiny_hellaswag", "tiny_text"}
     assert results["n-samples"]["tiny_hellaswag"]["effective"] == 4
-    direct = evaluate(DualAttentionLM(str(run), batch_size=5), tasks_dir, limit=4)
+    ck = load_lm(str(run))
+    direct = evaluate(DualAttentionLM(model=ck.model, tokenizer=ck.tokenizer, batch_size=5), tasks_dir, limit=4)
     assert results["results"]["tiny_hellaswag"]["acc,none"] == direct["results"]["tiny_hellaswag"]["acc,none"]
 
 

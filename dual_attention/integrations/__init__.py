@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["MissingExtraError", "require"]
+__all__ = ["MissingExtraError", "require", "BYTE_EOS_ID"]
+
+#: the token id that stands in for end-of-text / padding with the byte tokenizer, which has none of its own: NUL,
+#: absent from text (the exported transformers tokenizer's eos/pad and the lm-eval backend's prefix token)
+BYTE_EOS_ID = 0
 
 #: module name -> (pip distribution, dual_attention extra)
 _EXTRAS = {

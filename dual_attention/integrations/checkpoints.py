@@ -11,13 +11,10 @@ from typing import Any
 from torch import nn
 
 from dual_attention.training.checkpoint import CheckpointError, find_checkpoint
+from dual_attention.training.models import FAMILY_OF_CLASS
 from dual_attention.training.tokenizers import ByteTokenizer, DataError, TiktokenTokenizer, load_tokenizer
 
 __all__ = ["LMCheckpoint", "load_lm"]
-
-_FAMILY_OF_CLASS = {"VisionDualAttnTransformer": "vision model", "VisionTransformer": "vision model",
-                    "Seq2SeqDualAttnTransformer": "seq2seq model", "Seq2SeqTransformer": "seq2seq model"}
-
 
 @dataclass
 class LMCheckpoint:
@@ -73,8 +70,8 @@ def load_lm(checkpoint: str | Path, map_location: str = "cpu") -> LMCheckpoint:
     except Exception as e:  # network errors, missing repos
         raise CheckpointError(f"cannot read the config of {text!r}: {type(e).__name__}: {str(e)[:200]}") from None
     name = cls.__name__.removesuffix("_HFHub")
-    if name in _FAMILY_OF_CLASS:
-        raise CheckpointError(f"{text!r} is a {_FAMILY_OF_CLASS[name]} ({name}); only language models "
+    if FAMILY_OF_CLASS.get(name, "lm") != "lm":
+        raise CheckpointError(f"{text!r} is a {FAMILY_OF_CLASS[name]} model ({name}); only language models "
                               "(DualAttnTransformerLM, TransformerLM) can be used here")
     try:
         model = load_pretrained(source, map_location=map_location)

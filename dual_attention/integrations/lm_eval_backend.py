@@ -14,7 +14,7 @@ batches and sums the continuation's log-probabilities; ``loglikelihood_rolling``
 
 from __future__ import annotations
 
-from dual_attention.integrations import require
+from dual_attention.integrations import BYTE_EOS_ID, require
 
 require("lm_eval", "the lm-evaluation-harness backend")
 
@@ -32,8 +32,6 @@ from dual_attention.training.mc_eval import continuation_logprobs  # noqa: E402
 
 __all__ = ["DualAttentionLM", "TaskError", "evaluate_tasks"]
 
-#: end-of-text stand-in of tokenizers without one (the byte tokenizer), as in the exported transformers tokenizer
-BYTE_EOS_ID = 0
 #: with generate_until, stop sequences are looked for every this many new tokens
 _STOP_CHECK_EVERY = 8
 
@@ -45,7 +43,7 @@ class TaskError(ValueError):
 @register_model("dual_attention", "dat")
 class DualAttentionLM(TemplateLM):
     """A dual_attention LM for lm-eval: ``pretrained`` is a run dir, checkpoint dir or Hub id (or pass ``model``
-    and ``tokenizer`` objects, e.g. during training)."""
+    and ``tokenizer`` objects: a model in memory)."""
 
     def __init__(self, pretrained: str | None = None, *, model=None, tokenizer=None, batch_size: int | str = 16,
                  device: str | None = None, max_gen_toks: int = 256, **kwargs) -> None:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from dual_attention.integrations import BYTE_EOS_ID
 from dual_attention.integrations.checkpoints import load_lm
 from dual_attention.training.checkpoint import CheckpointError
 
 from . import DualAttentionForCausalLM, byte_tokenizer, to_transformers
-from .tokenization import BYTE_EOS_ID
 
 __all__ = ["export_hf", "CODE_FILES"]
 

@@ -179,12 +179,12 @@ class DualAttentionForCausalLM(DualAttentionPreTrainedModel, GenerationMixin):
         if input_ids is None:
             raise ValueError("input_ids is required")
         cache = cache if cache is not None else past_key_values
+        if use_cache is None:
+            use_cache = cache is not None
         if cache is not None and not isinstance(cache, DATCache):
             if cache.get_seq_length() > 0:
                 raise TypeError(f"cache must be a DATCache (made by this model), got a {type(cache).__name__}")
             cache = None  # an empty standard cache: replaced by ours
-        if use_cache is None:
-            use_cache = cache is not None
         if use_cache and cache is None:
             cache = DATCache(self.model, input_ids.shape[0], device=input_ids.device,
                              dtype=self.model.layers.final_out.weight.dtype)

@@ -7,10 +7,7 @@ text) stands in as ``eos``/``pad`` (the prefix token lm-evaluation-harness puts 
 
 from __future__ import annotations
 
-from dual_attention.integrations import require
-
-#: the token id that stands in for end-of-text / padding with the byte tokenizer
-BYTE_EOS_ID = 0
+from dual_attention.integrations import BYTE_EOS_ID, require
 
 
 def _bytes_to_unicode() -> dict[int, str]:
