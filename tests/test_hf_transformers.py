@@ -37,11 +37,15 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
-    """name -> (checkpoint, exported transformers dir): trained DAT and Transformer runs, a RoPE mixin dir."""
+    """name -> (checkpoint, exported transformers dir): trained DAT and Transformer runs, mixin dirs (RoPE with
+    grouped-query self-attention and per-layer retrievers sharing a symbol library; Hadamard dual attention)."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("hf")
     sources = {"dat-run": train_lm(root, "dat"), "transformer-run": train_lm(root, "transformer", iters=20),
-               "rope-mixin": save_mixin(root / "rope", "DualAttnTransformerLM_HFHub", **rope_dat_kwargs())}
+               "rope-mixin": save_mixin(root / "rope", "DualAttnTransformerLM_HFHub", **rope_dat_kwargs()),
+               "hadamard-mixin": save_mixin(root / "hadamard", "DualAttnTransformerLM_HFHub", **rope_dat_kwargs(
+                   ra_type="hadamard", symbol_retrieval=None, symbol_retrieval_kwargs=None,
+                   symbol_retriever_config=None))}
     out = {}
     for name, src in sources.items():
         assert main(["export", "hf", str(src), str(root / f"{name}-hf")]) == 0
@@ -87,7 +91,7 @@ def test_export_writes_a_transformers_directory(ckpts):
 
 
 # ---------------------------------------------------------------------------------------- equality with ours
-@pytest.mark.parametrize("name", ["dat-run", "transformer-run", "rope-mixin"])
+@pytest.mark.parametrize("name", ["dat-run", "transformer-run", "rope-mixin", "hadamard-mixin"])
 def test_logits_and_greedy_tokens_equal_ours(ckpts, name):
     ours, hf, _ = ours_and_hf(ckpts, name)
     x = prompts()
