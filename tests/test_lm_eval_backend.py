@@ -145,6 +145,7 @@ def test_bad_input(setup, tmp_path, capsys):
     one_line_error(capsys, ["eval", run, "--tasks", "tiny_hellaswag,no_such_task", "--include-path", tasks_dir],
                    "unknown lm-eval task(s) no_such_task")
     one_line_error(capsys, ["eval", run], "one of --data (a data file) or --tasks")
+    one_line_error(capsys, ["eval", run, "--tasks", "tiny_text", "--include-path", tmp_path / "no"], "not a directory")
     one_line_error(capsys, ["eval", tmp_path / "nowhere", "--tasks", "tiny_hellaswag", "--include-path", tasks_dir],
                    "does not exist")
     vision = tmp_path / "vision"

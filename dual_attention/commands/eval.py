@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
 def run_tasks(args: argparse.Namespace) -> int:
     """``--tasks``: lm-eval's table on stdout, its results JSON in ``--output``."""
     import json
+    import os
 
     from dual_attention.cli import CLIError
     from dual_attention.integrations import MissingExtraError
@@ -73,6 +74,8 @@ def run_tasks(args: argparse.Namespace) -> int:
         raise CLIError("--tasks needs at least one task name")
     if args.batch_size < 1 or (args.limit is not None and args.limit <= 0):
         raise CLIError(f"--batch-size must be >= 1 and --limit > 0, got {args.batch_size}, {args.limit}")
+    if args.include_path is not None and not os.path.isdir(args.include_path):
+        raise CLIError(f"--include-path {args.include_path!r} is not a directory (of task YAML files)")
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
     with user_errors():
         try:

@@ -16,6 +16,7 @@ from dual_attention.training.tokenizers import ByteTokenizer, DataError, Tiktoke
 
 __all__ = ["LMCheckpoint", "load_lm"]
 
+
 @dataclass
 class LMCheckpoint:
     """A loaded language model: ``model`` (eval mode), its class name and constructor arguments, its tokenizer
