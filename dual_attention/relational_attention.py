@@ -84,6 +84,10 @@ class RelationalAttention(nn.Module):
         key_dim: attention query/key width per head (default ``head_dim``).
         n_kv_heads: heads of the attention keys and symbol values (GQA/MQA), default ``n_heads``.
         rel_activation: activation of the relations (§1 names); ``'identity'`` enables the fused path.
+            ``'softmax'`` normalises each relation over the senders j (Σ_j r_ij,ℓ = 1, as published), with the
+            senders the attention mask excludes (causal, padding) removed first: identical to the published
+            output where nothing is masked, and causal where it must be (the published package leaked the
+            future through the normaliser).
         rel_proj_dim: d_r, width of each relation's projections (default ``head_dim * n_heads // R``).
         add_bias_kv / add_bias_out: biases of ``wk_attn``/``wv`` and ``wo``.
         total_n_heads: heads of the enclosing dual-attention layer (sets ``head_dim``).
@@ -462,9 +466,10 @@ class DisentangledRelationalCrossAttention(_CrossAttentionBase):
 
     ``DisRCA(x, s)_i = W_o · concat_h Σ_j Dropout(α^h ⊙ ρ^h)_ij W_v^h s_j`` with attention
     ``α^h = softmax(⟨q_attn,i^h, k_attn,j^h⟩ / √D + M)`` and one relation per head
-    ``ρ^h_ij = act(⟨q_rel,i^h, k_rel,j^h⟩ / √D)``. Relation keys are repeated like the attention keys under GQA
-    (the published package crashed there). The product α⊙ρ is not a softmax, so there is no fused kernel; the
-    computation is query-blocked when the weights are not requested.
+    ``ρ^h_ij = act(⟨q_rel,i^h, k_rel,j^h⟩ / √D)``; ``rel_activation='softmax'`` normalises ρ^h over the senders j,
+    after removing the senders the mask excludes (the published package masked nothing there). Relation keys are
+    repeated like the attention keys under GQA (the published package crashed there). The product α⊙ρ is not a
+    softmax, so there is no fused kernel; the computation is query-blocked when the weights are not requested.
     """
 
     _CACHED_KEYS = ("k_attn", "k_rel")
@@ -503,7 +508,10 @@ class DisentangledRelationalCrossAttention(_CrossAttentionBase):
         if mask is not None:
             logits = logits + mask_to_additive(mask, logits.dtype)
         attn = torch.softmax(logits, dim=-1)
-        rel = self.rel_activation(torch.matmul(q_rel, k_rel.transpose(-2, -1)) * self.attn_scale)
+        rel = torch.matmul(q_rel, k_rel.transpose(-2, -1)) * self.attn_scale  # (B, H, Lq, Lk)
+        if mask is not None and isinstance(self.rel_activation, nn.Softmax):  # over the senders j: mask first
+            rel = rel.masked_fill(~(mask if mask.dtype == torch.bool else torch.isfinite(mask)), float("-inf"))
+        rel = self.rel_activation(rel)
         return attn, rel, self.attn_dropout(attn * rel)
 
     def forward(

@@ -3,7 +3,7 @@
 For query (receiver) i, key (sender) j, attention head h (kv head g) and relation ℓ = 1..R:
 
     α_ij^h   = softmax_j( ⟨q_i^h, k_j^g⟩ · attn_scale + M_ij )                    (then attention dropout)
-    r_ij,ℓ   = act( ⟨q_rel_i,ℓ , k_rel_j,ℓ⟩ · rel_scale )
+    r_ij,ℓ   = act( ⟨q_rel_i,ℓ , k_rel_j,ℓ⟩ · rel_scale )      (softmax: over the senders j, masked ones excluded)
     A_i^h    = Σ_j α_ij^h v_j^g  +  W_r^h ( Σ_j α_ij^h r_ij )                       (W_r^h ∈ R^{D×R})
 
 where v_j^g = W_s^g s_j is the value of the sender's symbol, or, with position-relative symbols,
@@ -147,6 +147,35 @@ def relation_readout(q_rel: Tensor, k_rel_bar: Tensor, wr: Tensor, rel_scale: fl
     return out.view(n_heads, b, lq, -1).transpose(0, 1)  # (B, H, Lq, D)
 
 
+def sender_mask(mask: Tensor | None) -> Tensor | None:
+    """The senders a receiver may use, shared by all heads: ``(B|1, 1, Lq, Lk)`` bool, from an attention mask
+    ``(B|1, H|1, Lq, Lk)`` (bool, or additive float where −∞ excludes). A sender is kept if any head may attend to
+    it (the relations are shared by the heads); additive biases are not relation scores and are not added."""
+    if mask is None:
+        return None
+    allowed = mask if mask.dtype == torch.bool else torch.isfinite(mask)
+    return allowed.any(dim=1, keepdim=True)
+
+
+def relation_scores(q_rel: Tensor, k_rel: Tensor, rel_scale: float, rel_activation: nn.Module,
+                    mask: Tensor | None = None) -> Tensor:
+    """``r_ij,ℓ = act(⟨q_rel_i,ℓ , k_rel_j,ℓ⟩ · rel_scale)`` as ``(B, Lq, Lk, R)``.
+
+    The activation sees the scores laid out ``(B, R, Lq, Lk)``, as in the published package, so
+    ``rel_activation='softmax'`` normalises each relation ℓ over the senders j of every receiver i
+    (Σ_j r_ij,ℓ = 1); elementwise activations do not depend on the layout. Before a softmax the senders that
+    ``mask`` excludes (causal, padding; see :func:`sender_mask`) are removed from the normaliser and get
+    r_ij = 0. The published package masked nothing there, so in a causal model future tokens changed the
+    relations of the past; without a mask the two agree.
+    """
+    scores = torch.einsum("bird,bjrd->brij", q_rel, k_rel) * rel_scale  # (B, R, Lq, Lk)
+    if isinstance(rel_activation, nn.Softmax):
+        allowed = sender_mask(mask)
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed, float("-inf"))
+    return rel_activation(scores).permute(0, 2, 3, 1)  # (B, Lq, Lk, R)
+
+
 def ra_plain(
     q: Tensor,
     k: Tensor,
@@ -195,7 +224,7 @@ def ra_plain(
 
     relations = None
     if return_relations or not isinstance(rel_activation, nn.Identity):
-        relations = rel_activation(torch.einsum("bird,bjrd->bijr", q_rel, k_rel) * rel_scale)  # (B, Lq, Lk, R)
+        relations = relation_scores(q_rel, k_rel, rel_scale, rel_activation, mask)  # (B, Lq, Lk, R)
         attended_rels = torch.einsum("bhij,bijr->bhir", attn, relations.to(attn.dtype))  # (B, H, Lq, R)
         out = torch.einsum("bhir,hdr->bhid", attended_rels, wr.to(attn.dtype))  # (B, H, Lq, D)
     else:  # (★): the relation keys, shared by all heads, attended in one batched matmul

@@ -107,7 +107,10 @@ def ref_relational_attention(layer: RelationalAttention, x, symbols, *, freqs=No
         q, k = rope(q, *freqs), rope(k, *freqs)
     q_rel = lin(x, layer.wq_rel).reshape(b, n, R, dr)
     k_rel = lin(x, layer.wk_rel).reshape(b, n, R, dr)
-    rel = act(torch.einsum("birc,bjrc->bijr", q_rel, k_rel) / math.sqrt(dr))  # (B, n, n, R)
+    scores = torch.einsum("birc,bjrc->brij", q_rel, k_rel) / math.sqrt(dr)  # (B, R, n, n): the published layout
+    if layer.rel_activation_name == "softmax" and allowed is not None:  # normaliser over the allowed senders only
+        scores = scores.masked_fill(~allowed.any(1, keepdim=True), float("-inf"))
+    rel = act(scores).permute(0, 2, 3, 1)  # (B, n, n, R); softmax: Σ_j r_ij = 1
     relative = layer.use_relative_positional_symbols
     v = lin(symbols, layer.wv)
     v = v.reshape(n, n, K, D) if relative else v.reshape(b, n, K, D)
@@ -184,8 +187,10 @@ def ref_disrca(layer: DisentangledRelationalCrossAttention, x, symbols, *, freqs
         g = h // (H // K)
         alpha = masked_softmax(torch.einsum("bic,bjc->bij", q[:, :, h], k[:, :, g]) / math.sqrt(D),
                                None if allowed is None else allowed[:, h])
-        rho = ACTS[layer.rel_activation_name](torch.einsum("bic,bjc->bij", q_rel[:, :, h], k_rel[:, :, g])
-                                              / math.sqrt(D))
+        rho = torch.einsum("bic,bjc->bij", q_rel[:, :, h], k_rel[:, :, g]) / math.sqrt(D)
+        if layer.rel_activation_name == "softmax" and allowed is not None:  # over the allowed senders j
+            rho = rho.masked_fill(~allowed[:, h], float("-inf"))
+        rho = ACTS[layer.rel_activation_name](rho)
         vals = (v[None, :, :, g] if relative else v[:, None, :, g]).expand(b, n, n, D)
         heads.append(torch.einsum("bij,bijd->bid", alpha * rho, vals))
     return lin(torch.cat(heads, -1), layer.wo)
@@ -266,6 +271,10 @@ RA_CASES = {
     "key_dim": dict(kw=dict(key_dim=6)),
     "tanh": dict(kw=dict(rel_activation="tanh"), is_causal=True),
     "softmax_rel": dict(kw=dict(rel_activation="softmax", n_relations=4)),
+    "softmax_rel_causal_padding": dict(kw=dict(rel_activation="softmax", n_relations=3, rel_proj_dim=4),
+                                       is_causal=True, padding=True),
+    "softmax_rel_mask_4d_gqa": dict(kw=dict(rel_activation="softmax", n_kv_heads=2), n_heads=4, mask="4d"),
+    "softmax_rel_float_mask_relative": dict(kw=dict(rel_activation="softmax"), mask="float", relative="compact"),
     "gelu_sym": dict(kw=dict(rel_activation="gelu", symmetric_rels=True)),
     "total_n_heads": dict(kw=dict(total_n_heads=4)),
     "biases": dict(kw=dict(add_bias_kv=True, add_bias_out=True, n_kv_heads=1)),
@@ -482,7 +491,7 @@ def test_rca_matches_equation(case_name, activation):
         assert (scores is None) != need_weights
 
 
-@pytest.mark.parametrize("rel_activation", ["identity", "tanh"])
+@pytest.mark.parametrize("rel_activation", ["identity", "tanh", "softmax"])
 @pytest.mark.parametrize("case_name", list(CROSS_CASES))
 def test_disrca_matches_equation(case_name, rel_activation, monkeypatch):
     monkeypatch.setattr(ra_module, "PLAIN_BLOCK_SIZE", 3)  # the need_weights=False path is query-blocked
@@ -697,3 +706,61 @@ def test_dual_attention_with_ablation_ra_types(ra_type, cls):
                      ref_fn(layer.relational_attention, x, s, allowed=allowed)], -1)
     assert_same_values_and_grads(out, ref, _inputs(layer, x=x))
     assert isinstance(extra, list) and len(extra) == (1 if ra_type == "rca" else 2)
+
+
+# ------------------------------------------------------------------------------ rel_activation='softmax' (issue 15)
+def test_softmax_relations_normalise_over_senders_by_hand():
+    """An unmasked RA layer with ``rel_activation='softmax'`` against scalar Python arithmetic (as published: the
+    scores laid out ``[b, R, n, n]``, softmax over the last dim, i.e. over the senders j of each receiver i)."""
+    torch.manual_seed(3)
+    layer = RelationalAttention(4, 1, n_relations=2, rel_activation="softmax").to(DT)  # head_dim 4, d_r 2
+    x = torch.randn(1, 3, 4, dtype=DT)
+    s = torch.randn(1, 3, 4, dtype=DT)
+    W = {name: p.detach().tolist() for name, p in layer.named_parameters()}
+
+    def matvec(w, v):
+        return [sum(w_rc * v_c for w_rc, v_c in zip(row, v)) for row in w]
+
+    xs, ss = x[0].tolist(), s[0].tolist()
+    q_rel = [matvec(W["wq_rel.weight"], xi) for xi in xs]  # R*d_r = 4 features: relation ℓ is [2ℓ, 2ℓ+2)
+    k_rel = [matvec(W["wk_rel.weight"], xi) for xi in xs]
+    q, k = [matvec(W["wq_attn.weight"], xi) for xi in xs], [matvec(W["wk_attn.weight"], xi) for xi in xs]
+    v = [matvec(W["wv.weight"], si) for si in ss]
+    n, R = 3, 2
+    rel = [[[0.0] * R for _ in range(n)] for _ in range(n)]
+    for i in range(n):
+        for ell in range(R):
+            e = [math.exp(sum(q_rel[i][2 * ell + c] * k_rel[j][2 * ell + c] for c in range(2)) / math.sqrt(2))
+                 for j in range(n)]
+            for j in range(n):
+                rel[i][j][ell] = e[j] / sum(e)
+    out = []
+    for i in range(n):
+        e = [math.exp(sum(a * b for a, b in zip(q[i], k[j])) / 2.0) for j in range(n)]  # 1/√head_dim = 1/2
+        alpha = [e_j / sum(e) for e_j in e]
+        wr = W["wr"][0]  # (head_dim, R)
+        a_i = [sum(alpha[j] * (sum(wr[c][ell] * rel[i][j][ell] for ell in range(R)) + v[j][c]) for j in range(n))
+               for c in range(4)]
+        out.append(matvec(W["wo.weight"], a_i))
+
+    got, _, got_rel = layer(x, s)
+    torch.testing.assert_close(got_rel[0], torch.tensor(rel, dtype=DT), **TOL)
+    torch.testing.assert_close(got[0], torch.tensor(out, dtype=DT), **TOL)
+    torch.testing.assert_close(got_rel.sum(2), torch.ones(1, n, R, dtype=DT), **TOL)  # Σ_j r_ij,ℓ = 1
+    assert not torch.allclose(got_rel.sum(3), torch.ones(1, n, n, dtype=DT))  # not normalised over ℓ
+    for impl in ("blocked", "auto"):  # the other implementations that take this activation agree
+        layer.implementation = impl
+        torch.testing.assert_close(layer(x, s, need_weights=False)[0], got, **TOL)
+
+
+def test_softmax_relations_exclude_masked_senders():
+    """With a mask, the normaliser runs over the senders some head may attend to; masked senders get r = 0."""
+    layer = RelationalAttention(D_MODEL, 2, rel_activation="softmax").to(DT)
+    x, s = torch.randn(2, 5, D_MODEL, dtype=DT), torch.randn(2, 5, D_MODEL, dtype=DT)
+    kpm = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    _, _, rel = layer(x, s, is_causal=True, key_padding_mask=kpm)
+    allowed = torch.ones(5, 5, dtype=torch.bool).tril()[None] & kpm[:, None, :]  # (B, i, j)
+    assert (rel[~allowed] == 0).all()
+    torch.testing.assert_close(rel.sum(2), torch.ones(2, 5, layer.n_relations, dtype=DT), **TOL)
+    _, _, unmasked = layer(x, s)
+    torch.testing.assert_close(rel[:, -1, :, :][0], unmasked[0, -1], **TOL)  # the last row sees every sender
