@@ -21,10 +21,9 @@ import math
 import pytest
 import torch
 
-import dual_attention.relational_attention as ra_module
 import dual_attention.relational_functional as rf
 from dual_attention.attention import Attention
-from dual_attention.attention_utils import precompute_freqs_cis
+from dual_attention.attention_utils import POLICY, precompute_freqs_cis
 from dual_attention.dual_attention import DualAttention
 from dual_attention.relational_attention import (
     DisentangledRelationalCrossAttention,
@@ -353,7 +352,7 @@ def _implementations(layer: RelationalAttention, symbols) -> list[tuple[str, boo
 @pytest.mark.parametrize("case_name", list(RA_CASES))
 def test_relational_attention_matches_equation(case_name, monkeypatch):
     """Every implementation of RA equals the equation (values and all gradients), in float64."""
-    monkeypatch.setattr(ra_module, "PLAIN_BLOCK_SIZE", 3)  # N=7 queries -> 3 blocks: the blocked path blocks
+    monkeypatch.setattr(POLICY, "block_size", 3)  # N=7 queries -> 3 blocks: the blocked path blocks
     layer, x, symbols, ref_symbols, sym_inputs, fwd, ref_kw, _ = _make_case(RA_CASES[case_name])
     ref_out, ref_attn, ref_rel = ref_relational_attention(layer, x, ref_symbols, **ref_kw)
     reference = Reference(ref_out, {**_inputs(layer, x=x), **sym_inputs})
@@ -381,22 +380,22 @@ LONG_CASES = {
 
 @pytest.mark.parametrize("case_name", list(LONG_CASES))
 def test_relational_attention_long_sequences_block(case_name, monkeypatch):
-    """Lengths beyond PLAIN_BLOCK_SIZE: the blocked path really splits the queries, and still equals the formula."""
-    n = ra_module.PLAIN_BLOCK_SIZE + 13
+    """Lengths beyond POLICY.block_size: the blocked path really splits the queries, and still equals the formula."""
+    n = POLICY.block_size + 13
     layer, x, symbols, ref_symbols, sym_inputs, fwd, ref_kw, _ = _make_case(LONG_CASES[case_name], n=n, b=1)
     calls = []
     original = rf.ra_plain
 
-    def counting_ra_plain(q, *args, **kwargs):
-        calls.append(q.shape[2])
-        return original(q, *args, **kwargs)
+    def counting_ra_plain(problem, *args, **kwargs):
+        calls.append(problem.lq)
+        return original(problem, *args, **kwargs)
 
     monkeypatch.setattr(rf, "ra_plain", counting_ra_plain)  # what ra_blocked calls per block of queries
     ref_out, _, _ = ref_relational_attention(layer, x, ref_symbols, **ref_kw)
     reference = Reference(ref_out, {**_inputs(layer, x=x), **sym_inputs})
     checked = set()
     for impl, need_weights in _implementations(layer, symbols):
-        chosen = layer.choose_implementation(need_weights, symbols) if impl == "auto" else impl
+        chosen = rf.resolve_implementation(impl, layer.project(x, symbols), need_weights=need_weights, decoding=False)
         if chosen == "plain" or chosen in checked:
             continue
         checked.add(chosen)
@@ -404,8 +403,8 @@ def test_relational_attention_long_sequences_block(case_name, monkeypatch):
         calls.clear()
         out, _, _ = layer(x, symbols, need_weights=need_weights, **fwd)
         if chosen == "blocked":
-            assert len(calls) == math.ceil(n / ra_module.PLAIN_BLOCK_SIZE) and sum(calls) == n, calls
-            assert max(calls) <= ra_module.PLAIN_BLOCK_SIZE
+            assert len(calls) == math.ceil(n / POLICY.block_size) and sum(calls) == n, calls
+            assert max(calls) <= POLICY.block_size
         reference.check(out, tol=dict(rtol=1e-8, atol=1e-9))
     assert "blocked" in checked
 
@@ -494,7 +493,7 @@ def test_rca_matches_equation(case_name, activation):
 @pytest.mark.parametrize("rel_activation", ["identity", "tanh", "softmax"])
 @pytest.mark.parametrize("case_name", list(CROSS_CASES))
 def test_disrca_matches_equation(case_name, rel_activation, monkeypatch):
-    monkeypatch.setattr(ra_module, "PLAIN_BLOCK_SIZE", 3)  # the need_weights=False path is query-blocked
+    monkeypatch.setattr(POLICY, "block_size", 3)  # the need_weights=False path is query-blocked
     layer, x, symbols, ref_symbols, inputs, fwd, ref_kw = _make_cross_case(
         DisentangledRelationalCrossAttention, CROSS_CASES[case_name], dict(rel_activation=rel_activation))
     reference = Reference(ref_disrca(layer, x, ref_symbols, **ref_kw), inputs)
