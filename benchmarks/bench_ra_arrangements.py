@@ -13,7 +13,7 @@ heads. The arrangements timed here (all exact; checked against each other before
 * ``tiled``: the library's ``ra_tiled``, a hand-written flash-style pass over tiles of queries (scores at width 32,
   values at 160, the shared relation keys attended for all heads in one product, O(n·tile) memory).
 * ``blocked``: the library's ``ra_blocked`` (query blocks of ``ra_plain`` with activation checkpointing).
-* ``plain``: ``ra_plain`` without relations (α materialised, O(n²) memory).
+* ``plain``: ``ra_plain``, the equation as written (α and the relations materialised, O(n²) memory).
 
 Example::
 
@@ -27,9 +27,10 @@ import time
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from dual_attention import relational_functional as rf
+from dual_attention.attention_utils import AttentionMask
+from dual_attention.symbol_values import TokenValues
 
 B, H, D, R, DR = 4, 4, 32, 4, 32
 
@@ -55,7 +56,7 @@ def make_cases(n: int):
     q, k, q_rel, k_rel, v, wr = t(B, H, n, D), t(B, H, n, D), t(B, n, R, DR), t(B, n, R, DR), t(B, H, n, D), t(H, D, R)
     args = (q, k, q_rel, k_rel, v, wr)
     kw = dict(attn_scale=D ** -0.5, rel_scale=DR ** -0.5)
-    plain_kw = dict(kw, rel_activation=nn.Identity(), attn_dropout=nn.Identity(), is_causal=True)
+    problem = rf.RAProblem(q, k, q_rel, k_rel, TokenValues(v), wr, mask=AttentionMask(is_causal=True), **kw)
 
     def via_chunks(widths):
         def run():
@@ -72,14 +73,14 @@ def make_cases(n: int):
 
     width = D + R * DR
     return args, {
-        "fused-pad": lambda: rf.ra_fused(*args, **kw, is_causal=True),
+        "fused-pad": lambda: rf.ra_fused(problem),
         "chunk-32": via_chunks([32] * (width // 32)),
         "chunk-64": via_chunks([64, 64, width - 128]),
         "split": via_chunks([D, R * DR]),
         "math": math,
-        "tiled": lambda: rf.ra_tiled(*args, **kw, is_causal=True),
-        "blocked": lambda: rf.ra_blocked(*args, block_size=256, **plain_kw),
-        "plain": lambda: rf.ra_plain(*args, **plain_kw, return_relations=False)[0],
+        "tiled": lambda: rf.ra_tiled(problem),
+        "blocked": lambda: rf.ra_blocked(problem, block_size=256),
+        "plain": lambda: rf.ra_plain(problem)[0],
     }
 
 

@@ -23,9 +23,8 @@ from dual_attention._validation import (
     check_positive_int,
     check_probability,
 )
-from dual_attention.attention_utils import apply_rotary_emb, build_attn_mask, mask_to_additive, repeat_kv
+from dual_attention.attention_utils import POLICY, AttentionMask, apply_rotary_emb, repeat_kv, resolve_mask
 from dual_attention.kv_cache import KVCache, StaticCache
-from dual_attention.relational_functional import DECODE_MAX_QUERIES
 
 
 def check_head_geometry(d_model: int, n_heads: int, total_n_heads: int | None, n_kv_heads: int | None) -> None:
@@ -117,11 +116,25 @@ class Attention(nn.Module):
     def init_kv_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> KVCache:
         return KVCache(self.cache_spec(), batch_size, max_len, device=device, dtype=dtype)
 
-    def _project_kv(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
+    def _keys_values(self, q: Tensor, key: Tensor, value: Tensor, freqs_cos, freqs_sin, kv_cache, input_pos):
+        """``(q, k (B, Lk, K, Dk), v (B, Lk, K, D))``: projected (RoPE on q and k), written to / read from the cache."""
+        if isinstance(kv_cache, StaticCache) and kv_cache.get("k") is not None:
+            return q, kv_cache.get("k"), kv_cache.get("v")
         b, lk, _ = key.shape
         k = self.wk(key).view(b, lk, self.n_kv_heads, self.key_dim)  # (B, Lk, K, Dk)
         v = self.wv(value).view(b, lk, self.n_kv_heads, self.head_dim)  # (B, Lk, K, D)
-        return k, v
+        if freqs_cos is not None and freqs_sin is not None:
+            if q.shape[1] != lk:
+                raise ValueError("RoPE is for self-attention: query and key must have the same length")
+            q, k = apply_rotary_emb(q, k, freqs_cos, freqs_sin)
+        if isinstance(kv_cache, StaticCache):
+            kv_cache.set("k", k)
+            kv_cache.set("v", v)
+        elif kv_cache is not None:
+            if input_pos is None:
+                raise ValueError("input_pos is required when a KVCache is given")
+            k, v = kv_cache.update("k", input_pos, k), kv_cache.update("v", input_pos, v)
+        return q, k, v
 
     def forward(
         self,
@@ -137,11 +150,14 @@ class Attention(nn.Module):
         key_padding_mask: Tensor | None = None,
         kv_cache: KVCache | StaticCache | None = None,
         input_pos: Tensor | None = None,
+        mask: AttentionMask | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Attend from ``query (B, Lq, d)`` to ``key``/``value (B, Lk, d)``.
 
         Returns ``(out (B, Lq, n_heads * head_dim), weights (B, H, Lq, Lk) or None)``; weights are returned
-        (after dropout, as in the published package) only when ``need_weights``.
+        (after dropout, as in the published package) only when ``need_weights``. The masks are ``attn_mask``,
+        ``is_causal`` and ``key_padding_mask`` (see :func:`~dual_attention.attention_utils.build_attn_mask`), or
+        ``mask``, an :class:`~dual_attention.attention_utils.AttentionMask` built once by the model.
 
         With ``kv_cache`` (a :class:`KVCache` from :meth:`init_kv_cache`) the new keys/values are written at
         ``input_pos`` and the queries attend to the whole cache; a :class:`StaticCache` keeps cross-attention
@@ -154,45 +170,21 @@ class Attention(nn.Module):
             raise ValueError(f"key {tuple(key.shape)} and value {tuple(value.shape)} must have the same length")
         b, lq, _ = query.shape
         q = self.wq(query).view(b, lq, self.n_heads, self.key_dim)  # (B, Lq, H, Dk)
-
-        if isinstance(kv_cache, StaticCache) and kv_cache.get("k") is not None:
-            k, v = kv_cache.get("k"), kv_cache.get("v")
-        else:
-            k, v = self._project_kv(key, value)
-            if freqs_cos is not None and freqs_sin is not None:
-                if lq != k.shape[1]:
-                    raise ValueError("RoPE is for self-attention: query and key must have the same length")
-                q, k = apply_rotary_emb(q, k, freqs_cos, freqs_sin)
-            if isinstance(kv_cache, StaticCache):
-                kv_cache.set("k", k)
-                kv_cache.set("v", v)
-            elif kv_cache is not None:
-                if input_pos is None:
-                    raise ValueError("input_pos is required when a KVCache is given")
-                k = kv_cache.update("k", input_pos, k)
-                v = kv_cache.update("v", input_pos, v)
-        lk = k.shape[1]
+        q, k, v = self._keys_values(q, key, value, freqs_cos, freqs_sin, kv_cache, input_pos)
         q = q.transpose(1, 2)  # (B, H, Lq, Dk)
         k = repeat_kv(k, self.n_rep_kv).transpose(1, 2)  # (B, H, Lk, Dk)
         v = repeat_kv(v, self.n_rep_kv).transpose(1, 2)  # (B, H, Lk, D)
-
         q_pos = input_pos if isinstance(kv_cache, KVCache) else None
-        mask, causal = build_attn_mask(attn_mask, is_causal, key_padding_mask, lq, lk, q_pos=q_pos,
-                                       device=q.device, batch_size=b, n_heads=self.n_heads)
-        if need_weights or (q_pos is not None and lq <= DECODE_MAX_QUERIES):  # weights, or a cached decoding step
+        mask = resolve_mask(mask, attn_mask, is_causal, key_padding_mask, q_len=lq, k_len=k.shape[2], q_pos=q_pos,
+                            device=q.device, batch_size=b, n_heads=self.n_heads)
+        mask.check_heads(self.n_heads)
+        weights = None
+        if POLICY.explicit(need_weights, lq, decoding=q_pos is not None):
             logits = torch.matmul(q, k.transpose(-2, -1)) * self.attn_scale  # (B, H, Lq, Lk)
-            if causal:
-                mask = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril()
-            if mask is not None:
-                logits = logits + mask_to_additive(mask, logits.dtype)
-            weights = self.attn_dropout(torch.softmax(logits, dim=-1))
+            weights = self.attn_dropout(torch.softmax(mask.apply(logits), dim=-1))
             out = torch.matmul(weights, v)  # (B, H, Lq, D)
-            weights = weights if need_weights else None
         else:
-            weights = None
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=causal, scale=self.attn_scale,
-                dropout_p=self.dropout if self.training else 0.0,
-            )
+            out = F.scaled_dot_product_attention(q, k, v, **mask.sdpa_kwargs(), scale=self.attn_scale,
+                                                 dropout_p=self.dropout if self.training else 0.0)
         out = out.transpose(1, 2).reshape(b, lq, self.n_heads * self.head_dim)  # (B, Lq, H*D)
-        return self.resid_dropout(self.wo(out)), weights
+        return self.resid_dropout(self.wo(out)), weights if need_weights else None

@@ -22,8 +22,10 @@ from dual_attention._validation import (
     check_kwargs_dict,
     check_positive_int,
 )
-from dual_attention.attention import Attention
+from dual_attention.attention import Attention, check_sequence_input
+from dual_attention.attention_utils import AttentionMask, resolve_mask
 from dual_attention.hadamard_attention import HadamardDualAttention
+from dual_attention.kv_cache import cache_length
 from dual_attention.relational_attention import (
     DisentangledRelationalCrossAttention,
     RelationalAttention,
@@ -165,33 +167,40 @@ class DualAttention(nn.Module):
         key_padding_mask: Tensor | None = None,
         kv_cache: nn.ModuleDict | None = None,
         input_pos: Tensor | None = None,
+        mask: AttentionMask | None = None,
     ) -> tuple[Tensor, Tensor | None, list[Tensor] | None]:
         """Returns ``(out (B, n, d_model), sa_weights (B, sa, n, n) or None, ra_extras or None)``.
 
         ``ra_extras`` (only with ``need_weights``) is the relational module's extra outputs as a list:
         ``[attn, relations]`` for RA, ``[scores]`` for RCA, ``[attn, rel]`` for DisRCA, ``[attn of the RA heads]``
-        for Hadamard. Without ``need_weights`` neither half builds an n×n tensor.
+        for Hadamard. Without ``need_weights`` neither half builds an n×n tensor. Both halves share one mask:
+        ``mask`` (built by the model), or the one built here from ``attn_mask``, ``is_causal`` and
+        ``key_padding_mask``.
         """
+        check_sequence_input("x", x, self.d_model)
+        b, n = x.shape[:2]
+        cached = kv_cache is not None
+        mask = resolve_mask(mask, attn_mask, is_causal, key_padding_mask, q_len=n,
+                            k_len=cache_length(kv_cache) if cached else n, q_pos=input_pos if cached else None,
+                            device=x.device, batch_size=b)
         if self.is_hadamard:
             out, weights = self.hadamard_attention(
-                x, symbols, freqs_cos, freqs_sin, attn_mask, is_causal, need_weights=need_weights,
-                key_padding_mask=key_padding_mask, kv_cache=None if kv_cache is None else kv_cache["hadamard"],
-                input_pos=input_pos)
+                x, symbols, freqs_cos, freqs_sin, need_weights=need_weights, mask=mask,
+                kv_cache=kv_cache["hadamard"] if cached else None, input_pos=input_pos)
             if not need_weights:
                 return out, None, None
             sa = self.n_heads_sa
             return out, weights[:, :sa] if sa else None, [weights[:, sa:]]
         outs, sa_weights, ra_extras = [], None, None
-        common = dict(attn_mask=attn_mask, is_causal=is_causal, key_padding_mask=key_padding_mask)
         if self.use_self_attn:
             out, sa_weights = self.self_attention(
-                x, x, x, freqs_cos=freqs_cos, freqs_sin=freqs_sin, need_weights=need_weights, **common,
-                kv_cache=None if kv_cache is None else kv_cache["sa"], input_pos=input_pos)
+                x, x, x, freqs_cos=freqs_cos, freqs_sin=freqs_sin, need_weights=need_weights, mask=mask,
+                kv_cache=kv_cache["sa"] if cached else None, input_pos=input_pos)
             outs.append(out)
         if self.use_rel_attn:
-            extra = {} if kv_cache is None else dict(kv_cache=kv_cache["ra"], input_pos=input_pos)
+            extra = dict(kv_cache=kv_cache["ra"], input_pos=input_pos) if cached else {}
             out, *rest = self.relational_attention(x, symbols, freqs_cos=freqs_cos, freqs_sin=freqs_sin,
-                                                   need_weights=need_weights, **common, **extra)
+                                                   need_weights=need_weights, mask=mask, **extra)
             outs.append(out)
             ra_extras = list(rest) if need_weights else None
         return torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0], sa_weights, ra_extras

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from dual_attention._validation import check_bool, check_choice, check_kwargs_dict
 from dual_attention.attention import Attention
+from dual_attention.attention_utils import AttentionMask
 from dual_attention.dual_attention import DualAttention
 from dual_attention.hadamard_attention import HadamardDualAttention, check_hadamard_symbols
 from dual_attention.kv_cache import StaticCache
@@ -113,20 +114,19 @@ class DualAttnEncoderBlock(_Residual):
         kv_cache: nn.ModuleDict | None = None,
         input_pos: Tensor | None = None,
         return_weights: bool = False,
+        mask: AttentionMask | None = None,
     ):
-        """``x (B, n, d)`` → ``(B, n, d)``; with ``return_weights`` also ``{'sa': …, 'ra': [...]}``."""
+        """``x (B, n, d)`` → ``(B, n, d)``; with ``return_weights`` also ``{'sa': …, 'ra': [...]}``.
+
+        Masks: ``mask`` (an :class:`~dual_attention.attention_utils.AttentionMask` built once by the model), or
+        ``attn_mask`` and ``key_padding_mask`` with the block's ``causal``."""
         weights = {}
-
-        def attend(h: Tensor) -> Tensor:
-            out, weights["sa"], weights["ra"] = self.dual_attn(
-                h, symbols, attn_mask=attn_mask, is_causal=self.causal, freqs_cos=freqs_cos, freqs_sin=freqs_sin,
-                need_weights=return_weights, key_padding_mask=key_padding_mask, kv_cache=kv_cache,
-                input_pos=input_pos)
-            return out
-
-        x = self._residual(x, self.norm1, attend, self.dropout)
-        x = self._residual(x, self.norm2, self.ff_block, self.dropout)
-        return (x, weights) if return_weights else x
+        masks = self._mask_kwargs(mask, attn_mask, key_padding_mask)
+        attend = self._keep(weights, "attn", lambda h: self.dual_attn(
+            h, symbols, freqs_cos=freqs_cos, freqs_sin=freqs_sin, need_weights=return_weights, kv_cache=kv_cache,
+            input_pos=input_pos, **masks))
+        x = self._encoder_layer(x, attend)
+        return (x, _dual_weights(weights)) if return_weights else x
 
 
 class DualAttnDecoderBlock(_Residual):
@@ -186,24 +186,25 @@ class DualAttnDecoderBlock(_Residual):
         kv_cache: nn.ModuleDict | None = None,
         input_pos: Tensor | None = None,
         return_weights: bool = False,
+        mask: AttentionMask | None = None,
+        context_mask: AttentionMask | None = None,
     ):
-        """``x (B, m, d)``, ``context (B, n, d)`` → ``(B, m, d)`` (and ``{'sa', 'ra', 'cross'}`` if asked)."""
+        """``x (B, m, d)``, ``context (B, n, d)`` → ``(B, m, d)`` (and ``{'sa', 'ra', 'cross'}`` if asked).
+
+        ``mask``/``context_mask`` (built once by the model) replace ``attn_mask``, ``key_padding_mask`` and the
+        block's ``causal`` / ``context_padding_mask``."""
         weights = {}
+        masks = self._mask_kwargs(mask, attn_mask, key_padding_mask)
+        self_attend = self._keep(weights, "attn", lambda h: self.dual_attn(
+            h, symbols, freqs_cos=freqs_cos, freqs_sin=freqs_sin, need_weights=return_weights,
+            kv_cache=None if kv_cache is None else kv_cache["self"], input_pos=input_pos, **masks))
+        cross_attend = self._cross_attention(weights, context, context_padding_mask, context_mask, kv_cache,
+                                             return_weights)
+        x = self._decoder_layer(x, self_attend, cross_attend)
+        return (x, _dual_weights(weights)) if return_weights else x
 
-        def self_attend(h: Tensor) -> Tensor:
-            out, weights["sa"], weights["ra"] = self.dual_attn(
-                h, symbols, attn_mask=attn_mask, is_causal=self.causal, freqs_cos=freqs_cos, freqs_sin=freqs_sin,
-                need_weights=return_weights, key_padding_mask=key_padding_mask,
-                kv_cache=None if kv_cache is None else kv_cache["self"], input_pos=input_pos)
-            return out
 
-        def cross_attend(h: Tensor) -> Tensor:
-            out, weights["cross"] = self.cross_attn(
-                h, context, context, need_weights=return_weights, key_padding_mask=context_padding_mask,
-                kv_cache=None if kv_cache is None else kv_cache["cross"])
-            return out
-
-        x = self._residual(x, self.norm1, self_attend, self.dropout)
-        x = self._residual(x, self.norm2, cross_attend, self.dropout)
-        x = self._residual(x, self.norm3, self.ff_block, self.dropout)
-        return (x, weights) if return_weights else x
+def _dual_weights(weights: dict) -> dict:
+    """``{'sa': SA weights, 'ra': RA extras[, 'cross': …]}`` from the kept ``weights['attn'] = [sa, ra]``."""
+    sa, ra = weights.pop("attn")
+    return {"sa": sa, "ra": ra, **weights}

@@ -32,10 +32,10 @@ from torch import Tensor, nn
 
 from dual_attention._validation import check_bool, check_choice, check_positive_int, check_probability
 from dual_attention.attention import check_head_geometry, check_sequence_input
-from dual_attention.attention_utils import apply_rotary_emb, build_attn_mask, mask_to_additive, repeat_kv
+from dual_attention.attention_utils import POLICY, AttentionMask, apply_rotary_emb, repeat_kv, resolve_mask
 from dual_attention.kv_cache import KVCache
 from dual_attention.model_utils import ACTIVATIONS, get_activation_function
-from dual_attention.relational_functional import DECODE_MAX_QUERIES, map_query_blocks
+from dual_attention.relational_functional import map_query_blocks
 
 #: queries per block of the materialised path (non-identity ``rel_activation``): O(block · Lk · D) memory a head
 RELATION_BLOCK_SIZE = 128
@@ -181,11 +181,14 @@ class HadamardDualAttention(nn.Module):
         key_padding_mask: Tensor | None = None,
         kv_cache: KVCache | None = None,
         input_pos: Tensor | None = None,
+        mask: AttentionMask | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """``x (B, n, d)`` (and per-token ``symbols (B or 1, n, d)`` or None) → ``(out (B, n, d), weights)``.
 
         ``weights`` is the attention ``(B, H, n, Lk)`` after dropout (SA heads first) when ``need_weights``, else
-        None. ``kv_cache``/``input_pos``: incremental decoding, as in :class:`~dual_attention.attention.Attention`.
+        None. ``kv_cache``/``input_pos``: incremental decoding, as in :class:`~dual_attention.attention.Attention`;
+        ``mask``: an :class:`~dual_attention.attention_utils.AttentionMask` built once by the model (instead of
+        ``attn_mask``/``is_causal``/``key_padding_mask``).
         """
         check_sequence_input("x", x, self.d_model)
         self._check_symbols(symbols, x)
@@ -209,35 +212,32 @@ class HadamardDualAttention(nn.Module):
         q = q.transpose(1, 2)  # (B, H, n, D)
         k = repeat_kv(k, self.n_rep_kv).transpose(1, 2)  # (B, H, Lk, D)
         values = repeat_kv(values, self.n_rep_kv).transpose(1, 2)  # (B, H, Lk, c*D)
-        mask, causal = build_attn_mask(attn_mask, is_causal, key_padding_mask, n, lk, q_pos=q_pos, device=x.device,
-                                       batch_size=b, n_heads=self.n_heads)
+        mask = resolve_mask(mask, attn_mask, is_causal, key_padding_mask, q_len=n, k_len=lk, q_pos=q_pos,
+                            device=x.device, batch_size=b, n_heads=self.n_heads)
+        mask.check_heads(self.n_heads)
         identity = self.rel_activation_name == "identity"
         weights = None
-        if need_weights or not identity or (q_pos is not None and n <= DECODE_MAX_QUERIES):
+        if not identity or POLICY.explicit(need_weights, n, decoding=q_pos is not None):
             logits = torch.matmul(q, k.transpose(-2, -1)) * self.attn_scale  # (B, H, n, Lk)
-            if causal:
-                mask = torch.ones(n, lk, dtype=torch.bool, device=x.device).tril()
-            if mask is not None:
-                logits = logits + mask_to_additive(mask, logits.dtype)
-            weights = self.attn_dropout(torch.softmax(logits, dim=-1))
+            weights = self.attn_dropout(torch.softmax(mask.apply(logits), dim=-1))
             y = torch.matmul(weights, values)  # (B, H, n, c*D)
         else:
             width = values.shape[-1]
             if x.device.type == "cpu":  # the CPU flash kernel needs q, k and v of one width: zero-pad q and k to it
                 q, k = F.pad(q, (0, width - hd)), F.pad(k, (0, width - hd))  # (B, H, n | Lk, c*D); same scores
-            y = F.scaled_dot_product_attention(q, k, values, attn_mask=mask, is_causal=causal, scale=self.attn_scale,
+            y = F.scaled_dot_product_attention(q, k, values, **mask.sdpa_kwargs(), scale=self.attn_scale,
                                                dropout_p=self.dropout if self.training else 0.0)  # (B, H, n, c*D)
         q_rel = self._rel_queries(x)  # (B, H_ra, n, D)
         if identity:
             rel = q_rel * y[:, sa:, :, u0:u0 + hd]  # (W_qrel x_i) ⊙ Σ_j α_ij u_j
         else:  # Σ_j α_ij φ((W_qrel x_i) ⊙ u_j): the products are materialised, a block of queries at a time
-            u = values[:, sa:, :, u0:u0 + hd]  # (B, H_ra, Lk, D)
+            u, w = values[:, sa:, :, u0:u0 + hd], weights[:, sa:]  # (B, H_ra, Lk, D), (B, H_ra, n, Lk)
 
-            def activated(start: int, end: int, w: Tensor, qr: Tensor) -> Tensor:
-                products = qr[:, :, :, None, :] * u[:, :, None, :, :]  # (B, H_ra, block, Lk, D)
-                return torch.einsum("bhij,bhijd->bhid", w, self.rel_activation(products))
+            def activated(start: int, end: int) -> Tensor:
+                products = q_rel[:, :, start:end, None, :] * u[:, :, None, :, :]  # (B, H_ra, block, Lk, D)
+                return torch.einsum("bhij,bhijd->bhid", w[:, :, start:end], self.rel_activation(products))
 
-            rel = map_query_blocks(activated, n, RELATION_BLOCK_SIZE, weights[:, sa:], q_rel)  # (B, H_ra, n, D)
+            rel = map_query_blocks(activated, n, RELATION_BLOCK_SIZE)  # (B, H_ra, n, D)
         if self.use_symbols:
             rel = rel + y[:, sa:, :, u0 + hd:]
         out = torch.cat([y[:, :sa, :, :hd], rel], dim=1)  # (B, H, n, D)

@@ -97,3 +97,11 @@ class StaticCache(nn.Module):
 
     def reset(self) -> None:
         self.values.clear()
+
+
+def cache_length(cache: nn.Module) -> int:
+    """The positions a (possibly nested) per-layer cache holds: the ``max_len`` of its first :class:`KVCache`."""
+    for module in cache.modules():
+        if isinstance(module, KVCache):
+            return module.max_len
+    raise ValueError(f"{type(cache).__name__} holds no KVCache")

@@ -16,22 +16,24 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dual_attention._validation import (
-    build_with_kwargs,
     check_bool,
     check_choice,
     check_kwargs_dict,
     check_positive_int,
     check_probability,
 )
-from dual_attention.attention_utils import precompute_freqs_cis
+from dual_attention.attention_utils import AttentionMask, precompute_freqs_cis
 from dual_attention.dual_attn_blocks import DualAttnEncoderBlock, check_rope_fits, check_symbol_options
 from dual_attention.generation import generate as _generate
+from dual_attention.intermediates import Intermediates, LayerIntermediates, retrieve, run_block
+from dual_attention.kv_cache import cache_length
 from dual_attention.optim import configure_optimizers
 from dual_attention.relational_attention import RelationalAttention
 from dual_attention.symbol_retrieval import (
-    PositionalSymbolRetriever,
-    PositionRelativeSymbolRetriever,
+    LM_SYMBOL_RETRIEVERS,
     SymbolicAttention,
+    build_symbol_retriever,
+    check_relative_symbols,
     check_retriever_fits,
 )
 from dual_attention.transformer_blocks import EncoderBlock, create_norm
@@ -39,11 +41,6 @@ from dual_attention.transformer_blocks import EncoderBlock, create_norm
 __all__ = ["DualAttnTransformerLM", "TransformerLM", "configure_optimizers"]
 
 POS_ENC_TYPES = ("pos_emb", "RoPE")
-LM_SYMBOL_RETRIEVERS = {
-    "symbolic_attention": SymbolicAttention,
-    "positional_symbols": PositionalSymbolRetriever,
-    "position_relative": PositionRelativeSymbolRetriever,
-}
 
 
 class UnsupportedConfigError(ValueError, NotImplementedError):
@@ -54,6 +51,7 @@ class _LanguageModel(nn.Module):
     """What both LMs share: embeddings, positions, tied output, init, forward/generate plumbing."""
 
     layers: nn.ModuleDict
+    update_symbols_each_layer = True
 
     def _init_common(self, vocab_size, d_model, n_layers, dff, dropout_rate, activation, norm_first, max_block_size,
                      norm_type, pos_enc_type, bias, n_heads) -> None:
@@ -124,12 +122,15 @@ class _LanguageModel(nn.Module):
             freqs = (self.freqs_cos[positions], self.freqs_sin[positions])
         return self.layers.dropout(h), freqs
 
-    def _block(self, i: int, h: Tensor, freqs, input_pos, symbols=None, **kwargs):  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def _persistent_symbols(self, h: Tensor, input_pos: Tensor | None):
-        """Symbols shared by every layer (computed once from the embeddings ``h``), or None."""
-        return None
+    @staticmethod
+    def _mask(x: Tensor, key_padding_mask: Tensor | None, kv_cache: nn.ModuleList | None,
+              input_pos: Tensor | None) -> AttentionMask:
+        """Causal (queries at ``input_pos`` against the cache when decoding) and the key padding."""
+        b, t = x.shape
+        cached = kv_cache is not None
+        return AttentionMask.build(None, True, key_padding_mask, q_len=t,
+                                   k_len=cache_length(kv_cache[0]) if cached else t,
+                                   q_pos=input_pos if cached else None, device=x.device, batch_size=b)
 
     def forward(
         self,
@@ -147,21 +148,46 @@ class _LanguageModel(nn.Module):
             key_padding_mask: ``(B, T)`` bool, True for real tokens (``(B, cache length)`` with a cache).
             kv_cache, input_pos: incremental decoding (:meth:`init_kv_cache`; positions ``(T,)`` of ``x``).
         """
-        self._check_idx(x, input_pos)
-        if kv_cache is not None and input_pos is None:
-            raise ValueError("input_pos is required when kv_cache is given")
-        h, freqs = self._embed(x, input_pos)
-        symbols = self._persistent_symbols(h, input_pos)
-        for i in range(self.n_layers):
-            h = self._block(i, h, freqs, input_pos, symbols, key_padding_mask=key_padding_mask,
-                            kv_cache=None if kv_cache is None else kv_cache[i])
-        logits = self.layers.final_out(self.layers.norm(h))
+        logits = self._logits(x, key_padding_mask, kv_cache, input_pos)
         loss = None
         if targets is not None:
             if targets.shape != x.shape:
                 raise ValueError(f"targets must have the shape of x {tuple(x.shape)}, got {tuple(targets.shape)}")
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
+
+    def forward_intermediates(self, x: Tensor, *, key_padding_mask: Tensor | None = None) -> Intermediates:
+        """The logits ``(B, T, V)`` of ``x (B, T)`` and what every block computed (attention maps, relations,
+        symbols; see :class:`~dual_attention.intermediates.LayerIntermediates`), from this model's own forward.
+        The relational heads return their weights through their explicit path: the logits equal ``forward``'s to
+        float rounding."""
+        record: list[LayerIntermediates] = []
+        return Intermediates(self._logits(x, key_padding_mask, None, None, record), record)
+
+    def _logits(self, x: Tensor, key_padding_mask: Tensor | None, kv_cache: nn.ModuleList | None,
+                input_pos: Tensor | None, record: list | None = None) -> Tensor:
+        """The forward pass: embeddings, the blocks (recording them into ``record`` if given), logits."""
+        self._check_idx(x, input_pos)
+        if kv_cache is not None and input_pos is None:
+            raise ValueError("input_pos is required when kv_cache is given")
+        h, freqs = self._embed(x, input_pos)
+        mask = self._mask(x, key_padding_mask, kv_cache, input_pos)  # one mask for every layer
+        retrieved = None
+        for i, block in enumerate(self.layers.blocks):
+            if retrieved is None or self.update_symbols_each_layer:  # else: persistent, once from the embeddings
+                retrieved = self._retrieve(i, h, input_pos, with_weights=record is not None)
+            args = (h, *retrieved[:1], *freqs) if retrieved else (h, *freqs)
+            h = run_block(block, *args, record=record, index=i, retrieved=retrieved or (None, None, None),
+                          input_pos=input_pos, mask=mask, kv_cache=None if kv_cache is None else kv_cache[i],
+                          **self._block_kwargs(record is not None))
+        return self.layers.final_out(self.layers.norm(h))
+
+    def _retrieve(self, i: int, h: Tensor, input_pos: Tensor | None, with_weights: bool) -> tuple | None:
+        """``(symbols, symbol_attn, symbol_ids)`` of layer ``i``, or None for a model without symbols."""
+        return None
+
+    def _block_kwargs(self, recording: bool) -> dict:
+        return {}
 
     # --------------------------------------------------------------------------------------------- generation
     @property
@@ -225,6 +251,37 @@ class _LanguageModel(nn.Module):
         return flops_per_token * seq_len * fwdbwd_per_iter / dt / peak_flops
 
 
+def _retriever_config(symbol_retriever_config: dict | None) -> dict:
+    """``symbol_retriever_config`` with its defaults (shared retriever, untied libraries), checked."""
+    config = {"shared_symbol_retriever": True, "weight_tie_symbol_library": False,
+              **check_kwargs_dict("symbol_retriever_config", symbol_retriever_config)}
+    unknown = set(config) - {"shared_symbol_retriever", "weight_tie_symbol_library"}
+    if unknown:
+        raise ValueError(f"symbol_retriever_config has unknown keys {sorted(unknown)}; allowed: "
+                         "'shared_symbol_retriever', 'weight_tie_symbol_library'")
+    for key, value in config.items():
+        check_bool(f"symbol_retriever_config['{key}']", value)
+    return config
+
+
+def _build_retrievers(symbol_retrieval: str | None, kwargs: dict | None, config: dict,
+                      n_layers: int) -> list[nn.Module]:
+    """One retriever per layer: the same module for all (shared), or one each, optionally with a tied library;
+    none for ``symbol_retrieval=None``."""
+    if symbol_retrieval is None:
+        return []
+    if config["shared_symbol_retriever"]:
+        return [build_symbol_retriever(symbol_retrieval, kwargs, LM_SYMBOL_RETRIEVERS)] * n_layers
+    retrievers = [build_symbol_retriever(symbol_retrieval, kwargs, LM_SYMBOL_RETRIEVERS) for _ in range(n_layers)]
+    if config["weight_tie_symbol_library"]:
+        if symbol_retrieval == "position_relative":
+            raise UnsupportedConfigError("weight-tying not implemented for position-relative symbols "
+                                         "(symbol_retriever_config['weight_tie_symbol_library']=True)")
+        for r in retrievers[1:]:
+            r.symbol_library = retrievers[0].symbol_library
+    return retrievers
+
+
 class DualAttnTransformerLM(_LanguageModel):
     """The Dual Attention Transformer language model (arguments, defaults and state-dict keys as published).
 
@@ -280,43 +337,17 @@ class DualAttnTransformerLM(_LanguageModel):
         retriever_kwargs = check_kwargs_dict("symbol_retrieval_kwargs", symbol_retrieval_kwargs)
         ra_kwargs = check_symbol_options(symbol_retrieval, LM_SYMBOL_RETRIEVERS, retriever_kwargs, ra_type,
                                          n_heads_ra, ra_kwargs, update_symbols_each_layer)
-        config = {"shared_symbol_retriever": True, "weight_tie_symbol_library": False,
-                  **check_kwargs_dict("symbol_retriever_config", symbol_retriever_config)}
-        unknown = set(config) - {"shared_symbol_retriever", "weight_tie_symbol_library"}
-        if unknown:
-            raise ValueError(f"symbol_retriever_config has unknown keys {sorted(unknown)}; allowed: "
-                             "'shared_symbol_retriever', 'weight_tie_symbol_library'")
-        for key, value in config.items():
-            check_bool(f"symbol_retriever_config['{key}']", value)
+        config = _retriever_config(symbol_retriever_config)
         if not update_symbols_each_layer and not config["shared_symbol_retriever"]:
             raise ValueError("update_symbols_each_layer=False computes the symbols once, with one retriever: it "
                              "needs symbol_retriever_config['shared_symbol_retriever']=True")
-        relative = symbol_retrieval == "position_relative"
-        if n_heads_ra > 0 and relative != bool(ra_kwargs.get("use_relative_positional_symbols", False)):
-            raise ValueError(
-                f"symbol_retrieval={symbol_retrieval!r} needs ra_kwargs['use_relative_positional_symbols']="
-                f"{relative} (position-relative symbols go with relative relational attention, and only them)")
+        check_relative_symbols(symbol_retrieval, ra_kwargs, n_heads_ra)
         self.n_heads_sa, self.n_heads_ra = n_heads_sa, n_heads_ra
         self.ra_type, self.share_attn_params = ra_type, share_attn_params
         self.symbol_retriever = symbol_retrieval
         self.symbol_retriever_config = config
         self.update_symbols_each_layer = update_symbols_each_layer
-
-        retriever_cls = LM_SYMBOL_RETRIEVERS.get(symbol_retrieval)
-        if retriever_cls is None:
-            retrievers = []
-        elif config["shared_symbol_retriever"]:
-            shared = build_with_kwargs("symbol_retrieval_kwargs", retriever_cls, retriever_kwargs)
-            retrievers = [shared] * n_layers
-        else:
-            retrievers = [build_with_kwargs("symbol_retrieval_kwargs", retriever_cls, retriever_kwargs)
-                          for _ in range(n_layers)]
-            if config["weight_tie_symbol_library"]:
-                if relative:
-                    raise UnsupportedConfigError("weight-tying not implemented for position-relative symbols "
-                                                 "(symbol_retriever_config['weight_tie_symbol_library']=True)")
-                for r in retrievers[1:]:
-                    r.symbol_library = retrievers[0].symbol_library
+        retrievers = _build_retrievers(symbol_retrieval, retriever_kwargs, config, n_layers)
         if retrievers:
             check_retriever_fits(retrievers[0], d_model, None, "symbol_retrieval_kwargs")
 
@@ -339,15 +370,10 @@ class DualAttnTransformerLM(_LanguageModel):
     def supports_kv_cache(self) -> bool:
         return all(block.dual_attn.supports_kv_cache for block in self.layers.blocks)
 
-    def _persistent_symbols(self, h: Tensor, input_pos: Tensor | None):
-        if self.update_symbols_each_layer or len(self.layers.symbol_retrievers) == 0:
-            return None
-        return self.layers.symbol_retrievers[0].retrieve(h, input_pos)
-
-    def _block(self, i: int, h: Tensor, freqs, input_pos, symbols=None, **kwargs) -> Tensor:
-        if symbols is None and len(self.layers.symbol_retrievers) > 0:
-            symbols = self.layers.symbol_retrievers[i].retrieve(h, input_pos)
-        return self.layers.blocks[i](h, symbols, *freqs, input_pos=input_pos, **kwargs)
+    def _retrieve(self, i: int, h: Tensor, input_pos: Tensor | None, with_weights: bool) -> tuple:
+        if len(self.layers.symbol_retrievers) == 0:  # no symbols (ra_type='hadamard', symbol_retrieval=None)
+            return None, None, None
+        return retrieve(self.layers.symbol_retrievers[i], h, input_pos, with_weights=with_weights)
 
     def _attention_flops_per_token(self, seq_len: int) -> float:
         flops = 0.0
@@ -416,9 +442,8 @@ class TransformerLM(_LanguageModel):
         ))
         self._finish_init()
 
-    def _block(self, i: int, h: Tensor, freqs, input_pos, symbols=None, **kwargs) -> Tensor:
-        return self.layers.blocks[i](h, *freqs, need_weights=not self.use_flash_attention, input_pos=input_pos,
-                                     **kwargs)
+    def _block_kwargs(self, recording: bool) -> dict:
+        return {} if recording else {"need_weights": not self.use_flash_attention}
 
     def _attention_flops_per_token(self, seq_len: int) -> float:
         return sum(2 * seq_len * b.self_attn.n_heads * (b.self_attn.key_dim + b.self_attn.head_dim)

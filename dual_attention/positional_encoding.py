@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from dual_attention._validation import check_positive_int, check_probability
+from dual_attention.attention_utils import relative_offsets
 
 
 def _check_length(n: int, max_len: int, what: str) -> None:
@@ -84,9 +85,8 @@ class RelativePositionalEncoding(nn.Module):
     def relative_index(self, length_q: int, length_k: int | None = None) -> Tensor:
         length_k = length_q if length_k is None else length_k
         device = self.rel_pos_embeddings.device
-        offsets = torch.arange(length_k, device=device)[None, :] - torch.arange(length_q, device=device)[:, None]
-        m = self.max_relative_position
-        return offsets.clamp(-m, m) + m  # (Lq, Lk)
+        return relative_offsets(torch.arange(length_q, device=device), torch.arange(length_k, device=device),
+                                self.max_relative_position)  # (Lq, Lk)
 
     def forward(self, length_q: int, length_k: int | None = None) -> Tensor:
         return self.rel_pos_embeddings[self.relative_index(length_q, length_k)]  # (Lq, Lk, dim)

@@ -1,134 +1,155 @@
-"""The computation of relational attention, in interchangeable forms.
+"""The computation of relational attention: the problem, its kernels, and the one function that picks a kernel.
 
 For query (receiver) i, key (sender) j, attention head h (kv head g) and relation ℓ = 1..R:
 
     α_ij^h   = softmax_j( ⟨q_i^h, k_j^g⟩ · attn_scale + M_ij )                    (then attention dropout)
-    r_ij,ℓ   = act( ⟨q_rel_i,ℓ , k_rel_j,ℓ⟩ · rel_scale )
-    A_i^h    = Σ_j α_ij^h v_j^g  +  W_r^h ( Σ_j α_ij^h r_ij )                       (W_r^h ∈ R^{D×R})
+    r_ij,ℓ   = act( ⟨q_rel_i,ℓ , k_rel_j,ℓ⟩ · rel_scale )      (softmax: over the senders j, masked ones excluded)
+    A_i^h    = Σ_j α_ij^h ( W_r^h r_ij + v_j^g )                                    (W_r^h ∈ R^{D×R})
 
 where v_j^g = W_s^g s_j is the value of the sender's symbol, or, with position-relative symbols,
-v_ij^g = W_s^g s_{clip(j − p_i, −M, M)} (p_i the absolute position of query i).
+v_ij^g = W_s^g s_{clip(j − p_i, −M, M)} (p_i the absolute position of query i); see
+:mod:`dual_attention.symbol_values` for the three forms of the values.
 
-For the identity activation (the default) the relation term factorises:
+:class:`RAProblem` holds one such problem after projection; every kernel takes it:
 
-    Σ_j α_ij^h r_ij,ℓ = rel_scale · ⟨ q_rel_i,ℓ , Σ_j α_ij^h k_rel_j,ℓ ⟩                      (★)
+* :func:`ra_plain`: the equation as written, α ``(B, H, Lq, Lk)`` and r ``(B, Lq, Lk, R)`` materialised (the
+  reference, and the only kernel that returns them);
+* :func:`ra_fused`: for the identity activation the relation term factorises,
 
-so the relations ``(B, Lq, Lk, R)`` never need to exist: the relation keys are attended like values, and they are
-the same for every head.
+      Σ_j α_ij^h r_ij,ℓ = rel_scale · ⟨ q_rel_i,ℓ , Σ_j α_ij^h k_rel_j,ℓ ⟩                      (★)
 
-* :func:`ra_plain` materialises α ``(B, H, Lq, Lk)``, and the relations ``(B, Lq, Lk, R)`` when asked for (the
-  reference, and the only form that returns them). With ``return_relations=False`` and the identity activation
-  it uses (★) instead: α times ``[v | k_rel]``, one batched matmul for the relation keys shared by all heads. This
-  is the fastest form for short query blocks (one-token decoding steps). Relative symbols are summed by offset
-  (a band ``(B, H, Lq, 2M+1)``), never gathered into an ``(Lq, Lk, d)`` tensor.
-* :func:`ra_blocked` runs :func:`ra_plain` on blocks of queries with activation checkpointing, so memory is
-  O(block · Lk) instead of O(Lq · Lk) in forward and backward. Exact for every option.
-* :func:`ra_fused` uses (★) in one call of :func:`torch.nn.functional.scaled_dot_product_attention` with values
-  ``[v_j | k_rel_j]`` (width D + R·d_r): flash / memory-efficient kernels, O(L) memory, no L×L tensor. On the CPU
-  q and k are zero-padded to the value width (the CPU flash kernel needs equal widths; the zeros change no
-  score). ``docs/performance.md`` compares this with chunked value calls and a hand-written query-blocked pass.
+  so the relation keys are attended like values (:func:`relation_readout` reads the result), and one call of
+  :func:`torch.nn.functional.scaled_dot_product_attention` with values ``[v_j | k_rel_j]`` computes A without
+  any n×n tensor;
+
+and, below them, the performance variants: :func:`ra_blocked` (:func:`ra_plain` over blocks of queries, O(block·Lk)
+memory, exact for every option) and :func:`ra_tiled` (a flash-style pass over query tiles by (★), the CPU's fast
+path). :func:`resolve_implementation` is the only place that chooses a kernel, or refuses one and says why.
+``docs/performance.md`` compares the kernels.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from dual_attention.attention_utils import mask_to_additive
+from dual_attention.attention_utils import (
+    POLICY,
+    TORCH_2_5,
+    AttentionMask,
+    causal_mask,
+    expand_heads,
+    grouped_matmul,
+    mask_to_additive,
+    positions,
+    relative_offsets,
+)
+from dual_attention.symbol_values import RelativeSymbols, RelativeSymbolValues, SymbolValues, TokenValues
 
-#: ``scaled_dot_product_attention(enable_gqa=...)`` and ``torch.is_autocast_enabled(device)`` exist from torch 2.5 on
-_SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
+__all__ = ["IMPLEMENTATIONS", "RAProblem", "RelativeSymbolValues", "map_query_blocks", "ra_blocked", "ra_fused",
+           "ra_plain", "ra_tiled", "relation_readout", "relation_scores", "resolve_implementation",
+           "run_implementation"]
 
-#: query-block lengths up to which ``implementation='auto'`` materialises α in one go (``ra_plain`` without
-#: relations): cheaper than a fused kernel call for the few queries of a cached decoding step
-DECODE_MAX_QUERIES = 16
-
-
-def prefer_tiled(device: torch.device, dtype: torch.dtype, dropout_active: bool) -> bool:
-    """Whether :func:`ra_tiled` beats :func:`ra_fused` here: on the CPU in float32/float64, without attention
-    dropout (which the tiles do not implement), autocast or ``torch.compile`` (both keep the fused kernel).
-
-    On the CPU the fused kernel must zero-pad q/k to the value width (see :func:`ra_fused`); measured on torch
-    2.13 the tiles then take 25-40 % less time (``docs/performance.md``). CUDA's kernels take unequal widths.
-    """
-    if device.type != "cpu" or dtype not in (torch.float32, torch.float64) or dropout_active:
-        return False
-    return not torch.compiler.is_compiling() and not _cpu_autocast_enabled()
-
-
-def _cpu_autocast_enabled() -> bool:
-    if _SDPA_HAS_GQA:  # torch >= 2.5: the device-generic form
-        return torch.is_autocast_enabled("cpu")
-    return torch.is_autocast_cpu_enabled()
+#: the values of ``RelationalAttention.implementation``
+IMPLEMENTATIONS = ("auto", "fused", "tiled", "blocked", "plain")
 
 
 @dataclass
-class RelativeSymbolValues:
-    """Projected position-relative symbol values: ``table[M + δ]`` is ``W_s s_δ`` for δ = −M..M.
+class RAProblem:
+    """One relational-attention problem after projection: all a kernel needs.
 
     Attributes:
-        table: ``(2M + 1, Hkv, D)``.
-        max_rel_pos: M; offsets beyond ±M are clipped.
+        q: ``(B, H, Lq, Dk)`` attention queries; k: ``(B, K, Lk, Dk)`` attention keys (RoPE applied; with a KV
+            cache, the keys of every cached position).
+        q_rel: ``(B, Lq, R, d_r)`` relation queries; k_rel: ``(B, Lk, R, d_r)`` relation keys.
+        values: the symbol values (:class:`~dual_attention.symbol_values.TokenValues`, ``PairValues`` or
+            ``RelativeSymbols``).
+        wr: ``(H, D, R)``, W_r of every head.
+        mask: which keys each query may attend to.
+        q_pos: absolute positions ``(Lq,)`` of the queries (cached decoding), None for ``0..Lq-1``.
+        attn_scale, rel_scale: the scales of the attention and relation scores.
+        rel_activation: act, applied to the relation scores.
+        dropout_p: attention-dropout probability (0 outside training).
     """
 
-    table: Tensor
-    max_rel_pos: int
+    q: Tensor
+    k: Tensor
+    q_rel: Tensor
+    k_rel: Tensor
+    values: SymbolValues
+    wr: Tensor
+    mask: AttentionMask = field(default_factory=AttentionMask)
+    q_pos: Tensor | None = None
+    attn_scale: float = 1.0
+    rel_scale: float = 1.0
+    rel_activation: nn.Module = field(default_factory=nn.Identity)
+    dropout_p: float = 0.0
 
-    def offsets(self, q_pos: Tensor, k_len: int) -> Tensor:
-        """Index ``(Lq, Lk)`` into ``table``: clip(j − p_i, −M, M) + M."""
-        j = torch.arange(k_len, device=q_pos.device)
-        return (j[None, :] - q_pos[:, None]).clamp(-self.max_rel_pos, self.max_rel_pos) + self.max_rel_pos
+    @property
+    def lq(self) -> int:
+        return self.q.shape[2]
+
+    @property
+    def lk(self) -> int:
+        return self.k.shape[2]
+
+    @property
+    def identity(self) -> bool:
+        """Whether the relation activation is the identity (what (★) needs)."""
+        return isinstance(self.rel_activation, nn.Identity)
+
+    def query_block(self, start: int, end: int) -> RAProblem:
+        """The problem of the queries ``start:end`` (against all keys)."""
+        return replace(self, q=self.q[:, :, start:end], q_rel=self.q_rel[:, start:end],
+                       values=self.values.query_block(start, end),
+                       q_pos=positions(self.lq, self.q_pos, self.q.device)[start:end],
+                       mask=self.mask.query_block(start, end, self.lk, self.q.device))
 
 
-def _expand_heads(x: Tensor, n_rep: int) -> Tensor:
-    """``(B, K, L, D) -> (B, K*n_rep, L, D)``, kv head g serving query heads g*n_rep .. g*n_rep+n_rep-1."""
-    if n_rep == 1:
-        return x
-    b, k, length, d = x.shape
-    return x[:, :, None].expand(b, k, n_rep, length, d).reshape(b, k * n_rep, length, d)
+# ---------------------------------------------------------------------------------------- the equation, literally
+def relation_scores(q_rel: Tensor, k_rel: Tensor, rel_scale: float, rel_activation: nn.Module,
+                    mask: AttentionMask | None = None) -> Tensor:
+    """``r_ij,ℓ = act(⟨q_rel_i,ℓ , k_rel_j,ℓ⟩ · rel_scale)`` as ``(B, Lq, Lk, R)``.
 
-
-def _causal_mask(q_pos: Tensor, k_len: int) -> Tensor:
-    return (torch.arange(k_len, device=q_pos.device)[None, :] <= q_pos[:, None])[None, None]  # (1, 1, Lq, Lk)
-
-
-def _grouped_matmul(weights: Tensor, values: Tensor) -> Tensor:
-    """``Σ_j w_ij^h v_j^g`` for weights ``(B, H, Lq, Lk)`` and values ``(B, K, Lk, D)`` (h // (H/K) = g).
-
-    The query heads of one kv head are stacked along the query axis, so GQA never copies the values.
+    The activation sees the scores laid out ``(B, R, Lq, Lk)``, as in the published package, so
+    ``rel_activation='softmax'`` normalises each relation ℓ over the senders j of every receiver i
+    (Σ_j r_ij,ℓ = 1); elementwise activations do not depend on the layout. Before a softmax the senders that
+    ``mask`` excludes (causal, padding) are removed from the normaliser and get r_ij = 0: a sender stays if any
+    head may attend to it (the relations are shared by the heads), and additive float masks exclude where they
+    are −∞ but add nothing to the relation scores. The published package masked nothing there, so in a causal
+    model future tokens changed the relations of the past; without a mask the two agree.
     """
-    b, n_heads, lq, lk = weights.shape
-    n_kv = values.shape[1]
-    if n_kv == n_heads:
-        return torch.matmul(weights, values.to(weights.dtype))
-    grouped = weights.reshape(b, n_kv, (n_heads // n_kv) * lq, lk)  # (B, K, n_rep*Lq, Lk)
-    return torch.matmul(grouped, values.to(weights.dtype)).view(b, n_heads, lq, values.shape[-1])
+    scores = torch.einsum("bird,bjrd->brij", q_rel, k_rel) * rel_scale  # (B, R, Lq, Lk)
+    if isinstance(rel_activation, nn.Softmax) and mask is not None:
+        allowed = mask.allowed(scores.shape[-2], scores.shape[-1], scores.device)
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed.any(dim=1, keepdim=True), float("-inf"))  # (B|1, 1, Lq, Lk)
+    return rel_activation(scores).permute(0, 2, 3, 1)  # (B, Lq, Lk, R)
 
 
-def attend_values(weights: Tensor, values: Tensor | RelativeSymbolValues, q_pos: Tensor) -> Tensor:
-    """Σ_j w_ij v_j for weights ``(B, H, Lq, Lk)`` and symbol values in any of the three forms of :func:`ra_plain`.
+def ra_plain(p: RAProblem) -> tuple[Tensor, Tensor, Tensor]:
+    """``A_i^h = Σ_j α_ij^h (W_r^h r_ij + v_j^g)``, with α and r materialised; W_r^h is applied after the sum over
+    j (it is linear), as the published package did.
 
-    Relative values are summed by offset: ``band[i, δ] = Σ_{j: clip(j − p_i) = δ} w_ij``, then ``band @ table``,
-    which costs O(Lq·Lk + Lq·M·D) instead of the O(Lq·Lk·D) of gathering a value per pair.
+    Returns:
+        ``(A (B, H, Lq, D), α (B, H, Lq, Lk) after dropout, r (B, Lq, Lk, R))``.
     """
-    b, n_heads, lq, lk = weights.shape
-    if isinstance(values, RelativeSymbolValues):
-        table = values.table  # (2M+1, Hkv, D)
-        n_rep = n_heads // table.shape[1]
-        idx = values.offsets(q_pos, lk).expand(b, n_heads, lq, lk)  # (B, H, Lq, Lk)
-        band = weights.new_zeros(b, n_heads, lq, table.shape[0]).scatter_add_(-1, idx, weights)  # (B,H,Lq,2M+1)
-        return torch.matmul(band, _expand_heads(table.permute(1, 0, 2)[None], n_rep)[0].to(band.dtype))
-    n_rep = n_heads // values.shape[1]
-    if values.dim() == 5:  # per-pair values (B, Hkv, Lq, Lk, D)
-        v = values.repeat_interleave(n_rep, dim=1) if n_rep > 1 else values
-        return torch.einsum("bhij,bhijd->bhid", weights, v.to(weights.dtype))
-    return _grouped_matmul(weights, values)
+    logits = grouped_matmul(p.q, p.k.transpose(-2, -1)) * p.attn_scale  # (B, H, Lq, Lk)
+    attn = torch.softmax(p.mask.apply(logits), dim=-1)
+    if p.dropout_p > 0:
+        attn = F.dropout(attn, p.dropout_p)
+    relations = relation_scores(p.q_rel, p.k_rel, p.rel_scale, p.rel_activation, p.mask)  # (B, Lq, Lk, R)
+    attended_rels = torch.einsum("bhij,bijr->bhir", attn, relations.to(attn.dtype))  # Σ_j α_ij r_ij (B, H, Lq, R)
+    out = torch.einsum("bhir,hdr->bhid", attended_rels, p.wr.to(attn.dtype))  # W_r^h · (B, H, Lq, D)
+    return out + p.values.attend(attn, p.q_pos), attn, relations
 
 
+# --------------------------------------------------------------------------- the factorisation (★), and its kernel
 def relation_readout(q_rel: Tensor, k_rel_bar: Tensor, wr: Tensor, rel_scale: float) -> Tensor:
     """The relation term of (★): ``W_r^h · (rel_scale ⟨q_rel_i,ℓ, k̄_i,ℓ^h⟩)_ℓ`` with ``k̄ = Σ_j α_ij^h k_rel_j``.
 
@@ -147,157 +168,19 @@ def relation_readout(q_rel: Tensor, k_rel_bar: Tensor, wr: Tensor, rel_scale: fl
     return out.view(n_heads, b, lq, -1).transpose(0, 1)  # (B, H, Lq, D)
 
 
-def ra_plain(
-    q: Tensor,
-    k: Tensor,
-    q_rel: Tensor,
-    k_rel: Tensor,
-    values: Tensor | RelativeSymbolValues,
-    wr: Tensor,
-    *,
-    attn_scale: float,
-    rel_scale: float,
-    rel_activation: nn.Module,
-    attn_dropout: nn.Module,
-    mask: Tensor | None = None,
-    is_causal: bool = False,
-    q_pos: Tensor | None = None,
-    return_relations: bool = True,
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Relational attention with the attention weights materialised.
+def ra_fused(p: RAProblem) -> Tensor:
+    """Relational attention (identity activation, per-token values) through one fused attention call, by (★).
 
-    Args:
-        q: ``(B, H, Lq, Dk)``; k: ``(B, Hkv, Lk, Dk)`` (RoPE already applied).
-        q_rel: ``(B, Lq, R, d_r)``; k_rel: ``(B, Lk, R, d_r)``.
-        values: symbol values ``(B, Hkv, Lk, D)``, per-pair values ``(B, Hkv, Lq, Lk, D)`` (published-style
-            ``[n, n, d]`` relative symbols), or :class:`RelativeSymbolValues`.
-        wr: ``(H, D, R)``.
-        mask: ``None`` or a 4-D bool/float mask broadcastable to ``(B, H, Lq, Lk)``.
-        is_causal: causal masking by position (``q_pos``, default ``0..Lq-1``; keys at ``0..Lk-1``).
-        q_pos: absolute positions ``(Lq,)`` of the queries.
-        return_relations: materialise and return the relations. ``False`` with the identity activation uses the
-            factorised form (★) and never builds them (returns ``None`` in their place).
-
-    Returns:
-        ``(A (B, H, Lq, D), α (B, H, Lq, Lk) after dropout, r (B, Lq, Lk, R) or None)``.
+    Returns ``A (B, H, Lq, D)``. The values ``[v_j^g | k_rel_j]`` stay at the kv heads (GQA without copies where
+    SDPA's ``enable_gqa`` applies). On the CPU, q and k are zero-padded to the value width so that the flash
+    kernel (which needs equal widths) is used: padding adds zeros to every score and changes nothing.
     """
-    b, n_heads, lq, _ = q.shape
-    lk = k.shape[2]
-    if q_pos is None:
-        q_pos = torch.arange(lq, device=q.device)
-
-    logits = _grouped_matmul(q, k.transpose(-2, -1)) * attn_scale  # (B, H, Lq, Lk)
-    if is_causal:
-        mask = _causal_mask(q_pos, lk) if mask is None else mask & _causal_mask(q_pos, lk)
-    if mask is not None:
-        logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask
-    attn = attn_dropout(torch.softmax(logits, dim=-1))  # (B, H, Lq, Lk)
-
-    relations = None
-    if return_relations or not isinstance(rel_activation, nn.Identity):
-        relations = rel_activation(torch.einsum("bird,bjrd->bijr", q_rel, k_rel) * rel_scale)  # (B, Lq, Lk, R)
-        attended_rels = torch.einsum("bhij,bijr->bhir", attn, relations.to(attn.dtype))  # (B, H, Lq, R)
-        out = torch.einsum("bhir,hdr->bhid", attended_rels, wr.to(attn.dtype))  # (B, H, Lq, D)
-    else:  # (★): the relation keys, shared by all heads, attended in one batched matmul
-        k_rel_bar = torch.matmul(attn.reshape(b, n_heads * lq, lk),
-                                 k_rel.reshape(b, lk, -1).to(attn.dtype))  # (B, H*Lq, R*d_r)
-        out = relation_readout(q_rel, k_rel_bar.view(b, n_heads, lq, -1), wr, rel_scale)
-
-    out = out + attend_values(attn, values, q_pos)
-    return out, attn, relations if return_relations else None
-
-
-def map_query_blocks(fn, n: int, block_size: int, *tensors: Tensor) -> Tensor:
-    """``cat_s fn(s, e, *[t[:, :, s:e]])`` over blocks ``s:e`` of ``block_size`` queries (dim 2), concatenated on dim 2.
-
-    With gradients each block is checkpointed (recomputed in backward with the same dropout mask), so a block's
-    weights ``(B, H, block, Lk)`` are the largest thing alive in either pass.
-    """
-    if n <= block_size:
-        return fn(0, n, *tensors)
-    blocks = []
-    for start in range(0, n, block_size):
-        end = min(start + block_size, n)
-        sliced = [t[:, :, start:end] for t in tensors]
-
-        def run(*ts: Tensor, start: int = start, end: int = end) -> Tensor:
-            return fn(start, end, *ts)
-
-        blocks.append(checkpoint(run, *sliced, use_reentrant=False) if torch.is_grad_enabled() else run(*sliced))
-    return torch.cat(blocks, dim=2)
-
-
-def ra_blocked(
-    q: Tensor,
-    k: Tensor,
-    q_rel: Tensor,
-    k_rel: Tensor,
-    values: Tensor | RelativeSymbolValues,
-    wr: Tensor,
-    *,
-    block_size: int = 256,
-    mask: Tensor | None = None,
-    is_causal: bool = False,
-    q_pos: Tensor | None = None,
-    **kwargs,
-) -> Tensor:
-    """:func:`ra_plain` (without relations) over blocks of ``block_size`` queries; returns ``A (B, H, Lq, D)``.
-
-    With gradients enabled each block is checkpointed (recomputed in backward, with the same dropout mask),
-    so neither pass ever holds more than ``block_size × Lk`` attention weights per head (and, for a non-identity
-    activation, ``block_size × Lk × R`` relations).
-    """
-    lq = q.shape[2]
-    if q_pos is None:
-        q_pos = torch.arange(lq, device=q.device)
-    kwargs["return_relations"] = False
-    if lq <= block_size:
-        return ra_plain(q, k, q_rel, k_rel, values, wr, mask=mask, is_causal=is_causal, q_pos=q_pos, **kwargs)[0]
-
-    def block(start: int, end: int) -> Tensor:
-        def run(q_b: Tensor, q_rel_b: Tensor) -> Tensor:
-            m = None if mask is None else (mask if mask.shape[-2] == 1 else mask[..., start:end, :])
-            vals = values
-            if isinstance(values, Tensor) and values.dim() == 5:
-                vals = values[:, :, start:end]
-            return ra_plain(q_b, k, q_rel_b, k_rel, vals, wr, mask=m, is_causal=is_causal,
-                            q_pos=q_pos[start:end], **kwargs)[0]
-
-        args = (q[:, :, start:end], q_rel[:, start:end])
-        if torch.is_grad_enabled():
-            return checkpoint(run, *args, use_reentrant=False)
-        return run(*args)
-
-    return torch.cat([block(s, min(s + block_size, lq)) for s in range(0, lq, block_size)], dim=2)
-
-
-def ra_fused(
-    q: Tensor,
-    k: Tensor,
-    q_rel: Tensor,
-    k_rel: Tensor,
-    values: Tensor,
-    wr: Tensor,
-    *,
-    attn_scale: float,
-    rel_scale: float,
-    dropout_p: float = 0.0,
-    mask: Tensor | None = None,
-    is_causal: bool = False,
-) -> Tensor:
-    """Relational attention (identity relation activation) through one fused attention call, by (★).
-
-    Shapes as in :func:`ra_plain` (``values (B, Hkv, Lk, D)``); returns ``A (B, H, Lq, D)``. The values
-    ``[v_j^g | k_rel_j]`` stay at the kv heads (GQA without copies where SDPA's ``enable_gqa`` applies). On the CPU,
-    q and k are zero-padded to the value width so that the flash kernel (which needs equal widths) is used:
-    padding adds zeros to every score and changes nothing.
-    """
+    q, k, k_rel = p.q, p.k, p.k_rel
     b, n_heads, lq, dk = q.shape
-    n_kv, lk, d = k.shape[1], k.shape[2], values.shape[-1]
-    n_rep = n_heads // n_kv
-    rel_width = k_rel.shape[-2] * k_rel.shape[-1]
-    dtype = q.dtype
-    k, values = k.to(dtype), values.to(dtype)
+    n_kv, lk, dtype = k.shape[1], k.shape[2], q.dtype
+    values = p.values.tensor.to(dtype)  # (B, K, Lk, D)
+    d, rel_width = values.shape[-1], k_rel.shape[-2] * k_rel.shape[-1]
+    k = k.to(dtype)
     k_rel_v = k_rel.reshape(b, 1, lk, rel_width).to(dtype).expand(b, n_kv, lk, rel_width)
     v = torch.cat([values, k_rel_v], dim=-1)  # (B, K, Lk, D + R*d_r)
     width = v.shape[-1]
@@ -307,20 +190,20 @@ def ra_fused(
         q, k = F.pad(q, (0, width - dk)), F.pad(k, (0, width - dk))
         rebuilds += [(q, lambda: F.pad(q_in, (0, width - dk))), (k, lambda: F.pad(k_in, (0, width - dk)))]
     gqa = {}
-    if n_rep > 1:
-        if _SDPA_HAS_GQA and q.shape[-1] == v.shape[-1]:  # enable_gqa: flash and math kernels (equal widths) only
+    if n_heads > n_kv:
+        if TORCH_2_5 and q.shape[-1] == v.shape[-1]:  # enable_gqa: flash and math kernels (equal widths) only
             gqa["enable_gqa"] = True
         else:  # e.g. CUDA's memory-efficient kernel, which takes the wider values but not enable_gqa
-            k, v = _expand_heads(k, n_rep), _expand_heads(v, n_rep)
+            k, v = expand_heads(k, n_heads // n_kv), expand_heads(v, n_heads // n_kv)
             rebuilds = []
-    kernel_kw = dict(attn_mask=mask, is_causal=is_causal, scale=attn_scale, dropout_p=dropout_p, **gqa)
+    kernel_kw = dict(**p.mask.sdpa_kwargs(), scale=p.attn_scale, dropout_p=p.dropout_p, **gqa)
     if rebuilds and torch.is_grad_enabled() and not torch.compiler.is_compiling():
         with _SaveCompactly(rebuilds):
             out = F.scaled_dot_product_attention(q, k, v, **kernel_kw)  # (B, H, Lq, D + R*d_r)
     else:  # nothing saved (no gradients), or torch.compile (its partitioner decides what to save)
         out = F.scaled_dot_product_attention(q, k, v, **kernel_kw)
     sym, k_rel_bar = out.split([d, rel_width], dim=-1)
-    return sym + relation_readout(q_rel, k_rel_bar, wr, rel_scale)
+    return sym + relation_readout(p.q_rel, k_rel_bar, p.wr, p.rel_scale)
 
 
 class _SaveCompactly(torch.autograd.graph.saved_tensors_hooks):
@@ -359,10 +242,31 @@ class _Rebuild:
         self.rebuild = rebuild
 
 
-# ------------------------------------------------------------------------------------------------- tiled kernel
-#: queries (times the query heads of one kv head) per tile of :func:`ra_tiled`
-TILE_ROWS = 64
+# ---------------------------------------------------------------------------------------- performance variants
+def map_query_blocks(fn: Callable[[int, int], Tensor], n: int, block_size: int) -> Tensor:
+    """``cat_s fn(s, e)`` over blocks ``s:e`` of ``block_size`` queries, concatenated on dim 2 (the query axis).
 
+    The one query-block loop of RA, RCA and DisRCA. With gradients each block is checkpointed (recomputed in
+    backward with the same dropout mask), so a block's weights ``(B, H, block, Lk)`` are the largest thing alive
+    in either pass.
+    """
+    if n <= block_size:
+        return fn(0, n)
+    blocks = []
+    for start in range(0, n, block_size):
+        end = min(start + block_size, n)
+        blocks.append(checkpoint(fn, start, end, use_reentrant=False) if torch.is_grad_enabled() else fn(start, end))
+    return torch.cat(blocks, dim=2)
+
+
+def ra_blocked(p: RAProblem, block_size: int | None = None) -> Tensor:
+    """:func:`ra_plain` over blocks of ``block_size`` (default ``POLICY.block_size``) queries; returns
+    ``A (B, H, Lq, D)``. Neither pass holds more than ``block × Lk`` weights per head and ``block × Lk × R``
+    relations."""
+    return map_query_blocks(lambda start, end: ra_plain(p.query_block(start, end))[0], p.lq,
+                            block_size or POLICY.block_size)
+
+# ------------------------------------------------------------------------------------------------- tiled kernel
 
 def _tile_mask(mask: Tensor | None, b: int, n_kv: int, n_rep: int, start: int, end: int, k_end: int):
     """The additive mask of one tile, shaped to broadcast against scores ``(B, K, bq, n_rep, ke)``."""
@@ -376,8 +280,8 @@ def _tile_mask(mask: Tensor | None, b: int, n_kv: int, n_rep: int, start: int, e
 
 def _future_bias(tile: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """``(tile, 1, tile)`` additive causal mask of a tile's own keys: −∞ where key > query."""
-    bias = torch.full((tile, tile), float("-inf"), dtype=dtype, device=device).triu_(1)
-    return bias[:, None, :]
+    allowed = causal_mask(torch.arange(tile, device=device), tile)  # (tile, tile)
+    return torch.zeros(tile, tile, dtype=dtype, device=device).masked_fill_(~allowed, float("-inf"))[:, None, :]
 
 
 def _relative_band(p: Tensor, start: int, end: int, n_rep: int, max_rel: int) -> Tensor:
@@ -408,9 +312,8 @@ def _window(start: int, end: int, ke: int, max_rel: int) -> tuple[int, int]:
 
 def _window_offsets(start: int, end: int, n_rep: int, left: int, right: int, max_rel: int, device) -> Tensor:
     """``(1, rows, right − left)``: clip(j − i, −M, M) + M for the rows (query i, head) and keys j of the window."""
-    i = torch.arange(start, end, device=device).repeat_interleave(n_rep)[:, None]
-    j = torch.arange(left, right, device=device)[None, :]
-    return ((j - i).clamp(-max_rel, max_rel) + max_rel)[None]
+    rows = torch.arange(start, end, device=device).repeat_interleave(n_rep)  # query i of each row
+    return relative_offsets(rows, torch.arange(left, right, device=device), max_rel)[None]
 
 
 class _TiledAttention(torch.autograd.Function):
@@ -530,46 +433,92 @@ class _TiledAttention(torch.autograd.Function):
         return dp
 
 
-def ra_tiled(
-    q: Tensor,
-    k: Tensor,
-    q_rel: Tensor,
-    k_rel: Tensor,
-    values: Tensor | RelativeSymbolValues,
-    wr: Tensor,
-    *,
-    attn_scale: float,
-    rel_scale: float,
-    mask: Tensor | None = None,
-    is_causal: bool = False,
-    tile_rows: int | None = None,
-) -> Tensor:
+def ra_tiled(p: RAProblem, tile_rows: int | None = None) -> Tensor:
     """Relational attention (identity activation, no attention dropout) by (★), in tiles of queries.
 
     The same arithmetic as :func:`ra_fused`, but the scores use q/k at their own width Dk while the values
     ``[v | k_rel]`` are D + R·d_r wide, which the CPU flash kernel cannot do (it needs equal widths, so
     :func:`ra_fused` zero-pads q/k and multiplies those zeros in four of its seven matrix products). Each tile of
-    ``tile_rows`` query rows is computed with batched matrix products; the relation keys are attended for all
-    heads in one product; memory is O(L · tile) (see :class:`_TiledAttention`). Shapes as in :func:`ra_fused`;
-    ``values`` may also be :class:`RelativeSymbolValues` (queries at positions 0..Lq−1), whose weights are summed
-    by offset inside each tile, so position-relative symbols cost O(L · (tile + M)) memory too.
+    ``tile_rows`` (default ``POLICY.tile_rows``) query rows is computed with batched matrix products; the relation
+    keys are attended for all heads in one product; memory is O(L · tile) (see :class:`_TiledAttention`). The
+    values are per token, or :class:`~dual_attention.symbol_values.RelativeSymbols` (queries at positions
+    0..Lq−1), whose weights are summed by offset inside each tile, so position-relative symbols cost
+    O(L · (tile + M)) memory too. Returns ``A (B, H, Lq, D)``.
     """
+    q, k, k_rel = p.q, p.k, p.k_rel
     b, n_heads, lq, dk = q.shape
     n_kv = k.shape[1]
     n_rep = n_heads // n_kv
     out_dtype = q.dtype
     dtype = torch.promote_types(q.dtype, torch.float32)  # half-precision inputs: the tiles run in float32
-    tile = max(1, (tile_rows or TILE_ROWS) // n_rep)
-    max_rel = None
-    if isinstance(values, RelativeSymbolValues):
+    tile = max(1, (tile_rows or POLICY.tile_rows) // n_rep)
+    max_rel, values = None, p.values
+    if isinstance(values, RelativeSymbols):
         max_rel, values = values.max_rel_pos, values.table.permute(1, 0, 2)  # (K, 2M+1, D)
+    else:
+        values = values.tensor  # (B, K, Lk, D)
     d = values.shape[-1]
     q5 = q.to(dtype).reshape(b, n_kv, n_rep, lq, dk).transpose(2, 3)  # (B, K, Lq, n_rep, Dk)
-    additive = None if mask is None else mask_to_additive(mask, dtype)
+    additive = mask_to_additive(p.mask.tensor, dtype)
     with torch.autocast(q.device.type, enabled=False):  # the tiles run in float32 or float64
         out_v, out_rel = _TiledAttention.apply(q5, k.to(dtype), values.to(dtype),
                                                k_rel.reshape(b, k_rel.shape[1], -1).to(dtype), additive,
-                                               is_causal, attn_scale, tile, max_rel)
+                                               p.mask.is_causal, p.attn_scale, tile, max_rel)
     sym = out_v.transpose(2, 3).reshape(b, n_heads, lq, d).to(out_dtype)  # (B, H, Lq, D)
     k_rel_bar = out_rel.transpose(2, 3).reshape(b, n_heads, lq, -1).to(out_dtype)  # (B, H, Lq, R*d_r)
-    return sym + relation_readout(q_rel, k_rel_bar, wr, rel_scale)
+    return sym + relation_readout(p.q_rel, k_rel_bar, p.wr, p.rel_scale)
+
+
+# ------------------------------------------------------------------------------------------------- the dispatcher
+def _refusal(implementation: str, p: RAProblem) -> str | None:
+    """Why ``implementation`` cannot compute ``p`` exactly, or None if it can."""
+    if implementation not in ("fused", "tiled"):
+        return None
+    if not p.identity:
+        return (f"rel_activation must be 'identity' (the factorisation (★) needs it), this layer's is "
+                f"{type(p.rel_activation).__name__}; use 'blocked' or 'plain'")
+    if implementation == "fused" and not isinstance(p.values, TokenValues):
+        return f"it needs per-token symbols, got {p.values.form} symbol values; use 'blocked' (or 'tiled')"
+    if implementation == "tiled" and p.values.form == "pair":
+        return ("it needs per-token or compact position-relative symbols (RelativeSymbols), not the materialised "
+                "[n, n, d] tensor; use 'blocked'")
+    if implementation == "tiled" and p.dropout_p > 0:
+        return (f"it has no attention dropout (dropout={p.dropout_p} in training); use 'fused' or 'blocked' when "
+                "training with dropout")
+    return None
+
+
+def resolve_implementation(implementation: str, p: RAProblem, *, need_weights: bool, decoding: bool) -> str:
+    """The kernel that computes ``p``: the only place that chooses one or refuses one (``ValueError`` with why).
+
+    ``'auto'`` takes ``'plain'`` for the weights (``need_weights``) or a short decoding step (see
+    :meth:`~dual_attention.attention_utils.KernelPolicy.explicit`); else, for the identity activation, ``'tiled'``
+    where :meth:`~dual_attention.attention_utils.KernelPolicy.prefer_tiled` says it is faster (it also takes
+    compact position-relative symbols) or ``'fused'`` for per-token symbols; else ``'blocked'``. A named
+    implementation runs as named, except that ``'tiled'`` with position-relative symbols at cached positions
+    runs ``'blocked'`` (the tiles place the queries at ``0..Lq-1``).
+    """
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation={implementation!r} is not valid; allowed values: "
+                         f"{', '.join(map(repr, IMPLEMENTATIONS))}")
+    if implementation == "auto":
+        if POLICY.explicit(need_weights, p.lq, decoding):
+            return "plain"
+        tiled = POLICY.prefer_tiled(p.q.device, p.q.dtype, p.dropout_p > 0)
+        if not p.identity or p.values.form == "pair" or (p.values.form == "relative" and not tiled):
+            return "blocked"
+        implementation = "tiled" if tiled else "fused"
+    reason = _refusal(implementation, p)
+    if reason is not None:
+        raise ValueError(f"implementation={implementation!r} cannot compute this layer: {reason}")
+    if implementation == "tiled" and p.values.form == "relative" and p.q_pos is not None:
+        return "blocked"
+    return implementation
+
+
+def run_implementation(implementation: str, p: RAProblem) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """``(A (B, H, Lq, D), α or None, r or None)`` by a resolved implementation (only ``'plain'`` has α and r)."""
+    if implementation == "plain":
+        return ra_plain(p)
+    kernel = {"fused": ra_fused, "tiled": ra_tiled, "blocked": ra_blocked}[implementation]
+    return kernel(p), None, None

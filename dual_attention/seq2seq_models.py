@@ -33,7 +33,7 @@ from dual_attention._validation import (
     check_kwargs_dict,
     check_positive_int,
 )
-from dual_attention.attention_utils import precompute_freqs_cis
+from dual_attention.attention_utils import AttentionMask, precompute_freqs_cis
 from dual_attention.dual_attn_blocks import (
     DualAttnDecoderBlock,
     DualAttnEncoderBlock,
@@ -41,25 +41,21 @@ from dual_attention.dual_attn_blocks import (
     check_symbol_options,
 )
 from dual_attention.generation import sample_next_token
+from dual_attention.intermediates import Intermediates, LayerIntermediates, retrieve, run_block
+from dual_attention.kv_cache import cache_length
 from dual_attention.optim import configure_optimizers
 from dual_attention.positional_encoding import SinusoidalPositionalEncoding
 from dual_attention.symbol_retrieval import (
-    PositionalSymbolRetriever,
-    PositionRelativeSymbolRetriever,
+    SYMBOL_RETRIEVERS,
     RelationalSymbolicAttention,
-    SymbolicAttention,
+    build_symbol_retriever,
+    check_relative_symbols,
     check_retriever_fits,
 )
 from dual_attention.transformer_blocks import DecoderBlock, EncoderBlock
 
 __all__ = ["Seq2SeqTransformer", "Seq2SeqDualAttnTransformer", "configure_optimizers"]
 
-SYMBOL_RETRIEVERS = {
-    "symbolic_attention": SymbolicAttention,
-    "rel_sym_attn": RelationalSymbolicAttention,
-    "positional_symbols": PositionalSymbolRetriever,
-    "position_relative": PositionRelativeSymbolRetriever,
-}
 _ALIAS = "layers.target_embedder.weights."
 POS_ENC_TYPES = ("sinusoidal", "RoPE")
 
@@ -153,7 +149,15 @@ class _Seq2Seq(nn.Module):
             return dict(freqs_cos=cos[:n], freqs_sin=sin[:n])
         return dict(freqs_cos=cos[input_pos], freqs_sin=sin[input_pos])
 
-    def _finish_init(self) -> None:
+    def _finish_init(self, layers: dict, encoder: tuple, decoder: tuple) -> None:
+        """Add the ``(block class, kwargs)`` stacks of the encoder and decoder and the output layer to ``layers``;
+        set up RoPE if used; tie the target embedding to the output layer where asked and possible."""
+        stacks = (("encoder", encoder, self.n_layers_enc), ("decoder", decoder, self.n_layers_dec))
+        for stack, (cls, kwargs), n in stacks:
+            layers[f"{stack}_blocks"] = nn.ModuleList(build_with_kwargs(f"{stack}_kwargs", cls, kwargs, self.d_model)
+                                                      for _ in range(n))
+        layers["final_out"] = nn.Linear(self.d_model, self.out_dim)
+        self.layers = nn.ModuleDict(layers)
         if self.pos_enc_type == "RoPE":
             self._init_rope()
         emb, out = self.layers.target_embedder, self.layers.final_out
@@ -189,43 +193,82 @@ class _Seq2Seq(nn.Module):
         return self.layers[f"{which}_pos_embedder"](h, offset)
 
     def _symbols(self, h: Tensor, input_pos: Tensor | None = None, key_padding_mask: Tensor | None = None,
-                 causal: bool = False):
-        if not self.uses_symbols or "symbol_retriever" not in self.layers:
-            return None
+                 causal: bool = False, with_weights: bool = False) -> tuple:
+        """``(symbols, symbol_attn, symbol_ids)`` of the shared retriever for ``h`` (``()`` for blocks without
+        symbols, Nones for a model without a retriever)."""
+        if not self.uses_symbols:
+            return ()
+        if "symbol_retriever" not in self.layers:
+            return None, None, None
         retriever = self.layers.symbol_retriever
+        kwargs = {}
         if isinstance(retriever, RelationalSymbolicAttention):  # its symbols mix neighbouring tokens
-            return retriever.retrieve(h, input_pos, key_padding_mask=key_padding_mask, causal=causal)
-        return retriever.retrieve(h, input_pos)
+            kwargs = dict(key_padding_mask=key_padding_mask, causal=causal)
+        return retrieve(retriever, h, input_pos, with_weights=with_weights, **kwargs)
 
     def encode(self, x: Tensor, src_padding_mask: Tensor | None = None) -> Tensor:
         """Source ``x`` → encoder output ``(B, Ls, d)``."""
-        _check_seq("x", x, self.input_spec, self.in_block_size)
-        h = self._embed(x, "source")
-        rope = self.rope("enc", h.shape[1])
-        persistent = None if self.update_symbols_each_layer else self._symbols(h, key_padding_mask=src_padding_mask)
-        for block in self.layers.encoder_blocks:
-            symbols = persistent if persistent is not None else self._symbols(h, key_padding_mask=src_padding_mask)
-            args = (h, symbols) if self.uses_symbols else (h,)
-            h = block(*args, key_padding_mask=src_padding_mask, **rope)
-        return h
+        return self._encode(x, src_padding_mask)
 
     def decode(self, y: Tensor, context: Tensor, src_padding_mask: Tensor | None = None,
                tgt_padding_mask: Tensor | None = None, kv_cache: nn.ModuleList | None = None,
                input_pos: Tensor | None = None) -> Tensor:
         """Target ``y`` attending to ``context`` → logits ``(B, Ly, out_dim)``."""
+        return self._decode(y, context, src_padding_mask, tgt_padding_mask, kv_cache, input_pos)
+
+    def _encode(self, x: Tensor, src_padding_mask: Tensor | None, record: list | None = None) -> Tensor:
+        """The encoder stack, recording its blocks into ``record`` if given."""
+        _check_seq("x", x, self.input_spec, self.in_block_size)
+        h = self._embed(x, "source")
+        blocks = self.layers.encoder_blocks
+        mask = AttentionMask.build(None, blocks[0].causal, src_padding_mask, q_len=x.shape[1], k_len=x.shape[1],
+                                   device=h.device, batch_size=x.shape[0])  # one mask for every layer
+        rope, retrieved = self.rope("enc", h.shape[1]), None
+        for i, block in enumerate(blocks):
+            if retrieved is None or self.update_symbols_each_layer:  # else: persistent, once from the embeddings
+                retrieved = self._symbols(h, key_padding_mask=src_padding_mask, with_weights=record is not None)
+            h = run_block(block, h, *retrieved[:1], mask=mask, record=record, stack="encoder", index=i,
+                          retrieved=retrieved or (None, None, None), **rope)
+        return h
+
+    def _decode(self, y: Tensor, context: Tensor, src_padding_mask: Tensor | None, tgt_padding_mask: Tensor | None,
+                kv_cache: nn.ModuleList | None = None, input_pos: Tensor | None = None,
+                record: list | None = None) -> Tensor:
+        """The decoder stack and output layer, recording its blocks into ``record`` if given."""
         _check_seq("y", y, self.output_spec, self.out_block_size)
         g = self._embed(y, "target", 0 if input_pos is None else input_pos)
         rope = self.rope("dec", g.shape[1], input_pos)
         blocks = self.layers.decoder_blocks
-        persistent = None if self.update_symbols_each_layer else self._symbols(g, input_pos, tgt_padding_mask,
-                                                                               causal=blocks[0].causal)
+        masks = self._decoder_masks(blocks[0].causal, y, context, src_padding_mask, tgt_padding_mask, kv_cache,
+                                    input_pos)
+        retrieved = None
         for i, block in enumerate(blocks):
-            symbols = persistent if persistent is not None else self._symbols(g, input_pos, tgt_padding_mask,
-                                                                              causal=block.causal)
-            args = (g, context, symbols) if self.uses_symbols else (g, context)
-            g = block(*args, key_padding_mask=tgt_padding_mask, context_padding_mask=src_padding_mask,
-                      kv_cache=None if kv_cache is None else kv_cache[i], input_pos=input_pos, **rope)
+            if retrieved is None or self.update_symbols_each_layer:  # else: persistent, once from the embeddings
+                retrieved = self._symbols(g, input_pos, tgt_padding_mask, block.causal, with_weights=record is not None)
+            g = run_block(block, g, context, *retrieved[:1], **masks, kv_cache=None if kv_cache is None else
+                          kv_cache[i], input_pos=input_pos, record=record, stack="decoder", index=i,
+                          retrieved=retrieved or (None, None, None), **rope)
         return self.layers.final_out(g)
+
+    def forward_intermediates(self, x: Tensor, y: Tensor, *, src_padding_mask: Tensor | None = None,
+                              tgt_padding_mask: Tensor | None = None) -> Intermediates:
+        """The decoder's logits for every target position ``(B, Ly, out_dim)`` (teacher forcing) and what every
+        encoder and decoder block computed (see :class:`~dual_attention.intermediates.LayerIntermediates`)."""
+        record: list[LayerIntermediates] = []
+        context = self._encode(x, src_padding_mask, record)
+        return Intermediates(self._decode(y, context, src_padding_mask, tgt_padding_mask, record=record), record)
+
+    @staticmethod
+    def _decoder_masks(causal: bool, y: Tensor, context: Tensor, src_padding_mask, tgt_padding_mask, kv_cache,
+                       input_pos) -> dict:
+        """The decoder's two masks, built once for every layer: self-attention (causal, target padding, cache
+        positions) and cross-attention (source padding)."""
+        (b, m), n, cached = y.shape[:2], context.shape[1], kv_cache is not None
+        mask = AttentionMask.build(None, causal, tgt_padding_mask, q_len=m, k_len=cache_length(kv_cache[0]) if cached
+                                   else m, q_pos=input_pos if cached else None, device=y.device, batch_size=b)
+        context_mask = AttentionMask.build(None, False, src_padding_mask, q_len=m, k_len=n, device=y.device,
+                                           batch_size=b)
+        return dict(mask=mask, context_mask=context_mask)
 
     def forward(self, x: Tensor, y: Tensor, targets: Tensor | None = None, *,
                 src_padding_mask: Tensor | None = None, tgt_padding_mask: Tensor | None = None):
@@ -331,13 +374,7 @@ class Seq2SeqTransformer(_Seq2Seq):
                                    in_block_size, out_block_size, tie_weights, loss_ignore_idx, pos_enc_type)
         enc, dec = check_kwargs_dict("encoder_kwargs", encoder_kwargs), check_kwargs_dict("decoder_kwargs",
                                                                                           decoder_kwargs)
-        layers["encoder_blocks"] = nn.ModuleList(build_with_kwargs("encoder_kwargs", EncoderBlock, enc, d_model)
-                                                 for _ in range(n_layers_enc))
-        layers["decoder_blocks"] = nn.ModuleList(build_with_kwargs("decoder_kwargs", DecoderBlock, dec, d_model)
-                                                 for _ in range(n_layers_dec))
-        layers["final_out"] = nn.Linear(d_model, out_dim)
-        self.layers = nn.ModuleDict(layers)
-        self._finish_init()
+        self._finish_init(layers, (EncoderBlock, enc), (DecoderBlock, dec))
 
 
 class Seq2SeqDualAttnTransformer(_Seq2Seq):
@@ -362,26 +399,16 @@ class Seq2SeqDualAttnTransformer(_Seq2Seq):
         enc, dec = check_kwargs_dict("encoder_kwargs", encoder_kwargs), check_kwargs_dict("decoder_kwargs",
                                                                                           decoder_kwargs)
         retriever_kwargs = check_kwargs_dict("symbol_retrieval_kwargs", symbol_retrieval_kwargs)
-        relative = symbol_retrieval == "position_relative"
         for name, kw in (("encoder_kwargs", enc), ("decoder_kwargs", dec)):
             ra_kwargs = check_kwargs_dict(f"{name}['ra_kwargs']", kw.get("ra_kwargs"))
-            flag = bool(ra_kwargs.get("use_relative_positional_symbols", False))
-            if kw.get("n_heads_ra", 1) > 0 and flag != relative:
-                raise ValueError(f"symbol_retrieval={symbol_retrieval!r} needs {name}['ra_kwargs']"
-                                 f"['use_relative_positional_symbols']={relative}")
+            check_relative_symbols(symbol_retrieval, ra_kwargs, kw.get("n_heads_ra", 1),
+                                   kwargs_name=f"{name}['ra_kwargs']")
             kw["ra_kwargs"] = check_symbol_options(symbol_retrieval, SYMBOL_RETRIEVERS, retriever_kwargs,
                                                    kw.get("ra_type", "relational_attention"), kw.get("n_heads_ra", 1),
                                                    ra_kwargs, update_symbols_each_layer)
         self.symbol_retrieval = symbol_retrieval
         self.update_symbols_each_layer = update_symbols_each_layer
         if symbol_retrieval is not None:
-            layers["symbol_retriever"] = build_with_kwargs(
-                "symbol_retrieval_kwargs", SYMBOL_RETRIEVERS[symbol_retrieval], retriever_kwargs)
+            layers["symbol_retriever"] = build_symbol_retriever(symbol_retrieval, retriever_kwargs)
             check_retriever_fits(layers["symbol_retriever"], d_model, None, "symbol_retrieval_kwargs")
-        layers["encoder_blocks"] = nn.ModuleList(build_with_kwargs("encoder_kwargs", DualAttnEncoderBlock, enc, d_model)
-                                                 for _ in range(n_layers_enc))
-        layers["decoder_blocks"] = nn.ModuleList(build_with_kwargs("decoder_kwargs", DualAttnDecoderBlock, dec, d_model)
-                                                 for _ in range(n_layers_dec))
-        layers["final_out"] = nn.Linear(d_model, out_dim)
-        self.layers = nn.ModuleDict(layers)
-        self._finish_init()
+        self._finish_init(layers, (DualAttnEncoderBlock, enc), (DualAttnDecoderBlock, dec))

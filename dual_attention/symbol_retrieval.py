@@ -13,33 +13,26 @@ symbols of the given positions (incremental decoding), and the position-relative
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dual_attention._validation import check_bool, check_divisible, check_positive_int, check_probability
+from dual_attention._validation import (
+    build_with_kwargs,
+    check_bool,
+    check_choice,
+    check_divisible,
+    check_kwargs_dict,
+    check_positive_int,
+    check_probability,
+)
+from dual_attention.attention_utils import POLICY
 from dual_attention.positional_encoding import RelativePositionalEncoding
-from dual_attention.relational_functional import DECODE_MAX_QUERIES
+from dual_attention.symbol_values import RelativeSymbols
 
-
-@dataclass
-class RelativeSymbols:
-    """Position-relative symbols in compact form: ``s_ij = table[clip(j − i, −M, M) + M]``.
-
-    ``table``: ``(2M + 1, d)``; ``max_rel_pos``: M. :meth:`materialize` gives the published ``(n, n, d)`` tensor.
-    """
-
-    table: Tensor
-    max_rel_pos: int
-
-    def materialize(self, length_q: int, length_k: int | None = None) -> Tensor:
-        length_k = length_q if length_k is None else length_k
-        device = self.table.device
-        offsets = torch.arange(length_k, device=device)[None, :] - torch.arange(length_q, device=device)[:, None]
-        m = self.max_rel_pos
-        return self.table[offsets.clamp(-m, m) + m]  # (Lq, Lk, d)
+__all__ = ["LM_SYMBOL_RETRIEVERS", "PositionRelativeSymbolRetriever", "PositionalSymbolRetriever",
+           "RelationalSymbolicAttention", "RelativeSymbols", "SYMBOL_RETRIEVERS", "SymbolicAttention",
+           "build_symbol_retriever", "check_relative_symbols", "check_retriever_fits"]
 
 
 def _check_input(x: Tensor, d_model: int | None = None) -> None:
@@ -120,8 +113,9 @@ class SymbolicAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``x (B, n, d) -> symbols (B, n, d)``."""
         _check_input(x, self.d_model)
-        if x.shape[1] <= DECODE_MAX_QUERIES and not (self.training and self.dropout > 0):
-            return self.forward_with_weights(x)[0]  # a few tokens (a decoding step): cheaper than a kernel call
+        # the keys are the fixed library, so a few tokens are a decoding step: cheaper explicitly (which has no dropout)
+        if POLICY.explicit(False, x.shape[1], decoding=True) and not (self.training and self.dropout > 0):
+            return self.forward_with_weights(x)[0]
         q, k, v = self._heads(x)
         out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), scale=self.attn_scale,
                                              dropout_p=self.dropout if self.training else 0.0)  # (B, h, n, dh)
@@ -290,3 +284,32 @@ class RelationalSymbolicAttention(nn.Module):
     def retrieve(self, x: Tensor, input_pos: Tensor | None = None, key_padding_mask: Tensor | None = None,
                  causal: bool = False) -> Tensor:
         return self(x, key_padding_mask=key_padding_mask, causal=causal)
+
+
+#: the retrievers by the name the models take as ``symbol_retrieval`` (vision and seq2seq models: all of them)
+SYMBOL_RETRIEVERS: dict[str, type[nn.Module]] = {
+    "symbolic_attention": SymbolicAttention,
+    "rel_sym_attn": RelationalSymbolicAttention,
+    "positional_symbols": PositionalSymbolRetriever,
+    "position_relative": PositionRelativeSymbolRetriever,
+}
+#: those of the language model (as published, not ``'rel_sym_attn'``)
+LM_SYMBOL_RETRIEVERS = {name: cls for name, cls in SYMBOL_RETRIEVERS.items() if name != "rel_sym_attn"}
+
+
+def build_symbol_retriever(symbol_retrieval: str, symbol_retrieval_kwargs: dict | None,
+                           registry: dict[str, type[nn.Module]] = SYMBOL_RETRIEVERS) -> nn.Module:
+    """The retriever named ``symbol_retrieval`` (one of ``registry``) built from ``symbol_retrieval_kwargs``."""
+    check_choice("symbol_retrieval", symbol_retrieval, registry)
+    kwargs = check_kwargs_dict("symbol_retrieval_kwargs", symbol_retrieval_kwargs)
+    return build_with_kwargs("symbol_retrieval_kwargs", registry[symbol_retrieval], kwargs)
+
+
+def check_relative_symbols(symbol_retrieval: str, ra_kwargs: dict, n_heads_ra: int,
+                           kwargs_name: str = "ra_kwargs") -> None:
+    """Position-relative symbols go with relative relational attention, and only them (``ValueError``)."""
+    relative = symbol_retrieval == "position_relative"
+    if n_heads_ra > 0 and relative != bool(ra_kwargs.get("use_relative_positional_symbols", False)):
+        raise ValueError(f"symbol_retrieval={symbol_retrieval!r} needs {kwargs_name}"
+                         f"['use_relative_positional_symbols']={relative} (position-relative symbols go with "
+                         "relative relational attention, and only them)")

@@ -6,6 +6,8 @@ Post-norm:                       x ← LN₁(x + Drop(Attn x));  x ← LN₂(x +
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -18,6 +20,7 @@ from dual_attention._validation import (
     check_probability,
 )
 from dual_attention.attention import Attention
+from dual_attention.attention_utils import AttentionMask
 from dual_attention.model_utils import ACTIVATIONS, get_activation_function
 
 NORM_TYPES = ("layernorm", "rmsnorm", "none")
@@ -86,14 +89,55 @@ def check_block_args(d_model: int, dropout_rate: float, norm_first: bool, causal
 
 
 class _Residual(nn.Module):
-    """Pre-/post-norm residual wiring shared by every block."""
+    """What every block shares: pre-/post-norm residual wiring, its masks, and decoder cross-attention."""
 
     norm_first: bool
+    causal: bool
 
     def _residual(self, x: Tensor, norm: nn.Module, fn, dropout: nn.Module) -> Tensor:
         if self.norm_first:
             return x + dropout(fn(norm(x)))
         return norm(x + dropout(fn(x)))
+
+    def _encoder_layer(self, x: Tensor, attend) -> Tensor:
+        """Attention then feed-forward, each a residual sub-layer."""
+        x = self._residual(x, self.norm1, attend, self.dropout)
+        return self._residual(x, self.norm2, self.ff_block, self.dropout)
+
+    def _decoder_layer(self, x: Tensor, self_attend, cross_attend) -> Tensor:
+        """Self-attention, cross-attention, feed-forward, each a residual sub-layer."""
+        x = self._residual(x, self.norm1, self_attend, self.dropout)
+        x = self._residual(x, self.norm2, cross_attend, self.dropout)
+        return self._residual(x, self.norm3, self.ff_block, self.dropout)
+
+    @staticmethod
+    def _keep(weights: dict, name: str, attention) -> Callable[[Tensor], Tensor]:
+        """``h -> attention(h)[0]``, keeping the rest of its output in ``weights[name]`` (one item: the item)."""
+
+        def sublayer(h: Tensor) -> Tensor:
+            out, *rest = attention(h)
+            weights[name] = rest[0] if len(rest) == 1 else rest
+            return out
+
+        return sublayer
+
+    def _mask_kwargs(self, mask: AttentionMask | None, attn_mask: Tensor | None,
+                     key_padding_mask: Tensor | None) -> dict:
+        """The self-attention's masks: ``mask`` (built once by the model), or the block's own causality with
+        ``attn_mask`` and ``key_padding_mask``."""
+        if mask is None:
+            return dict(attn_mask=attn_mask, is_causal=self.causal, key_padding_mask=key_padding_mask)
+        if attn_mask is not None or key_padding_mask is not None:
+            raise ValueError("give either mask (an AttentionMask) or attn_mask/key_padding_mask, not both")
+        return dict(mask=mask)
+
+    def _cross_attention(self, weights: dict, context: Tensor, context_padding_mask: Tensor | None,
+                         context_mask: AttentionMask | None, kv_cache, need_weights: bool):
+        """The decoder's cross-attention to ``context`` as a sub-layer (its weights kept in ``weights['cross']``)."""
+        masks = dict(mask=context_mask) if context_mask is not None else dict(key_padding_mask=context_padding_mask)
+        return self._keep(weights, "cross", lambda h: self.cross_attn(
+            h, context, context, need_weights=need_weights, kv_cache=None if kv_cache is None else kv_cache["cross"],
+            **masks))
 
 
 class EncoderBlock(_Residual):
@@ -138,19 +182,18 @@ class EncoderBlock(_Residual):
         kv_cache=None,
         input_pos: Tensor | None = None,
         return_weights: bool = False,
+        mask: AttentionMask | None = None,
     ):
-        """``x (B, n, d) -> (B, n, d)``; with ``return_weights`` also the attention weights (B, H, n, n)."""
+        """``x (B, n, d) -> (B, n, d)``; with ``return_weights`` also the attention weights (B, H, n, n).
+
+        Masks: ``mask`` (an :class:`~dual_attention.attention_utils.AttentionMask` built once by the model), or
+        ``attn_mask`` and ``key_padding_mask`` with the block's ``causal``."""
         weights = {}
-
-        def attend(h: Tensor) -> Tensor:
-            out, weights["sa"] = self.self_attn(
-                h, h, h, freqs_cos=freqs_cos, freqs_sin=freqs_sin, attn_mask=attn_mask, is_causal=self.causal,
-                need_weights=need_weights or return_weights, key_padding_mask=key_padding_mask,
-                kv_cache=kv_cache, input_pos=input_pos)
-            return out
-
-        x = self._residual(x, self.norm1, attend, self.dropout)
-        x = self._residual(x, self.norm2, self.ff_block, self.dropout)
+        masks = self._mask_kwargs(mask, attn_mask, key_padding_mask)
+        attend = self._keep(weights, "sa", lambda h: self.self_attn(
+            h, h, h, freqs_cos=freqs_cos, freqs_sin=freqs_sin, need_weights=need_weights or return_weights,
+            kv_cache=kv_cache, input_pos=input_pos, **masks))
+        x = self._encoder_layer(x, attend)
         return (x, weights["sa"]) if return_weights else x
 
 
@@ -205,27 +248,20 @@ class DecoderBlock(_Residual):
         kv_cache: nn.ModuleDict | None = None,
         input_pos: Tensor | None = None,
         return_weights: bool = False,
+        mask: AttentionMask | None = None,
+        context_mask: AttentionMask | None = None,
     ):
         """``x (B, m, d)``, ``context (B, n, d)`` → ``(B, m, d)`` (and ``{'sa', 'cross'}`` weights if asked).
 
-        ``freqs_cos``/``freqs_sin``: RoPE tables of the positions of ``x`` (self-attention only)."""
+        ``freqs_cos``/``freqs_sin``: RoPE tables of the positions of ``x`` (self-attention only);
+        ``mask``/``context_mask`` (built once by the model) replace ``attn_mask``, ``key_padding_mask`` and the
+        block's ``causal`` / ``context_padding_mask``."""
         weights = {}
-
-        def self_attend(h: Tensor) -> Tensor:
-            out, weights["sa"] = self.self_attn(
-                h, h, h, freqs_cos=freqs_cos, freqs_sin=freqs_sin, attn_mask=attn_mask, is_causal=self.causal,
-                need_weights=return_weights,
-                key_padding_mask=key_padding_mask, kv_cache=None if kv_cache is None else kv_cache["self"],
-                input_pos=input_pos)
-            return out
-
-        def cross_attend(h: Tensor) -> Tensor:
-            out, weights["cross"] = self.cross_attn(
-                h, context, context, need_weights=return_weights, key_padding_mask=context_padding_mask,
-                kv_cache=None if kv_cache is None else kv_cache["cross"])
-            return out
-
-        x = self._residual(x, self.norm1, self_attend, self.dropout)
-        x = self._residual(x, self.norm2, cross_attend, self.dropout)
-        x = self._residual(x, self.norm3, self.ff_block, self.dropout)
+        masks = self._mask_kwargs(mask, attn_mask, key_padding_mask)
+        self_attend = self._keep(weights, "sa", lambda h: self.self_attn(
+            h, h, h, freqs_cos=freqs_cos, freqs_sin=freqs_sin, need_weights=return_weights,
+            kv_cache=None if kv_cache is None else kv_cache["self"], input_pos=input_pos, **masks))
+        cross_attend = self._cross_attention(weights, context, context_padding_mask, context_mask, kv_cache,
+                                             return_weights)
+        x = self._decoder_layer(x, self_attend, cross_attend)
         return (x, weights) if return_weights else x

@@ -18,20 +18,19 @@ import torch
 from torch import Tensor, nn
 
 from dual_attention._validation import (
-    build_with_kwargs,
     check_choice,
     check_kwargs_dict,
     check_positive_int,
     check_probability,
 )
-from dual_attention.attention_utils import precompute_freqs_cis
+from dual_attention.attention_utils import AttentionMask, precompute_freqs_cis
 from dual_attention.dual_attn_blocks import DualAttnEncoderBlock, check_rope_fits, check_symbol_options
+from dual_attention.intermediates import Intermediates, LayerIntermediates, retrieve, run_block
 from dual_attention.optim import configure_optimizers
 from dual_attention.symbol_retrieval import (
-    PositionalSymbolRetriever,
-    PositionRelativeSymbolRetriever,
-    RelationalSymbolicAttention,
-    SymbolicAttention,
+    SYMBOL_RETRIEVERS,
+    build_symbol_retriever,
+    check_relative_symbols,
     check_retriever_fits,
 )
 from dual_attention.transformer_blocks import EncoderBlock
@@ -40,12 +39,6 @@ __all__ = ["VisionTransformer", "VisionDualAttnTransformer", "configure_optimize
 
 POOLS = ("cls", "mean")
 POS_ENC_TYPES = ("pos_emb", "RoPE")
-SYMBOL_RETRIEVERS = {
-    "symbolic_attention": SymbolicAttention,
-    "rel_sym_attn": RelationalSymbolicAttention,
-    "positional_symbols": PositionalSymbolRetriever,
-    "position_relative": PositionRelativeSymbolRetriever,
-}
 
 
 class PatchRearrange(nn.Module):
@@ -64,6 +57,7 @@ class PatchRearrange(nn.Module):
 
 class _VisionModel(nn.Module):
     uses_symbols = False
+    update_symbols_each_layer = True
 
     def _init_common(self, image_shape, patch_size, num_classes, d_model, n_layers, dropout_rate, pool,
                      pos_enc_type) -> None:
@@ -103,10 +97,6 @@ class _VisionModel(nn.Module):
             return {}
         return dict(freqs_cos=self.freqs_cos[:n], freqs_sin=self.freqs_sin[:n])
 
-    def _persistent_symbols(self, x: Tensor):
-        """Symbols shared by every layer (retrieved once from the embedded tokens), or None."""
-        return None
-
     def _patch_embedding(self) -> nn.Sequential:
         pw, ph = self.patch_size
         return nn.Sequential(PatchRearrange(ph, pw), nn.LayerNorm(self.patch_dim),
@@ -133,15 +123,27 @@ class _VisionModel(nn.Module):
             x = x + self.pos_embedding[:, : x.shape[1]]
         return self.dropout(x)
 
-    def _block(self, i: int, x: Tensor, symbols=None, **kwargs):  # pragma: no cover - abstract
-        raise NotImplementedError
-
     def forward(self, img: Tensor) -> Tensor:
         """``img (B, C, H, W)`` → ``logits (B, num_classes)``."""
+        return self._logits(img)
+
+    def forward_intermediates(self, img: Tensor) -> Intermediates:
+        """The class logits ``(B, num_classes)`` and what every block computed (token 0 is the cls token, then the
+        patches row by row; see :class:`~dual_attention.intermediates.LayerIntermediates`)."""
+        record: list[LayerIntermediates] = []
+        return Intermediates(self._logits(img, record), record)
+
+    def _logits(self, img: Tensor, record: list | None = None) -> Tensor:
         x = self.embed(img)
-        rope, symbols = self.rope(x.shape[1]), self._persistent_symbols(x)
-        for i in range(self.n_layers):
-            x = self._block(i, x, symbols, **rope)
+        mask, rope = AttentionMask(), self.rope(x.shape[1])  # every token sees every token: one mask for all
+        retrieved = None
+        for i, block in enumerate(self.encoder_blocks):
+            if self.uses_symbols and (retrieved is None or self.update_symbols_each_layer):  # else: persistent
+                retrieved = (None, None, None) if self.symbol_retriever is None else \
+                    retrieve(self.symbol_retriever, x, with_weights=record is not None)
+            args = (x,) if retrieved is None else (x, retrieved[0])
+            x = run_block(block, *args, mask=mask, record=record, index=i, retrieved=retrieved or (None, None, None),
+                          **rope)
         x = x[:, 0] if self.pool == "cls" else x.mean(dim=1)
         return self.final_out(x)
 
@@ -167,9 +169,6 @@ class VisionTransformer(_VisionModel):
         self.final_out = nn.Linear(d_model, num_classes)
         self._init_rope(self.encoder_blocks[0].self_attn.head_dim)
 
-    def _block(self, i: int, x: Tensor, symbols=None, **kwargs):
-        return self.encoder_blocks[i](x, **kwargs)
-
 
 class VisionDualAttnTransformer(_VisionModel):
     """The Vision Dual Attention Transformer (arguments, defaults and state-dict keys as published).
@@ -194,15 +193,12 @@ class VisionDualAttnTransformer(_VisionModel):
         retriever_kwargs = check_kwargs_dict("symbol_retrieval_kwargs", symbol_retrieval_kwargs)
         ra_kwargs = check_symbol_options(symbol_retrieval, SYMBOL_RETRIEVERS, retriever_kwargs, ra_type, n_heads_ra,
                                          ra_kwargs, update_symbols_each_layer)
-        relative = symbol_retrieval == "position_relative"
-        if n_heads_ra > 0 and relative != bool(ra_kwargs.get("use_relative_positional_symbols", False)):
-            raise ValueError(f"symbol_retrieval={symbol_retrieval!r} needs "
-                             f"ra_kwargs['use_relative_positional_symbols']={relative}")
+        check_relative_symbols(symbol_retrieval, ra_kwargs, n_heads_ra)
         self.symbol_retrieval = symbol_retrieval
         self.n_heads_sa, self.n_heads_ra = n_heads_sa, n_heads_ra
         self.update_symbols_each_layer = update_symbols_each_layer
-        self.symbol_retriever = None if symbol_retrieval is None else build_with_kwargs(
-            "symbol_retrieval_kwargs", SYMBOL_RETRIEVERS[symbol_retrieval], retriever_kwargs)
+        self.symbol_retriever = None if symbol_retrieval is None else build_symbol_retriever(symbol_retrieval,
+                                                                                            retriever_kwargs)
         self._init_common(image_shape, patch_size, num_classes, d_model, n_layers, dropout_rate, pool, pos_enc_type)
         if self.symbol_retriever is not None:
             check_retriever_fits(self.symbol_retriever, d_model, self.num_patches + 1, "symbol_retrieval_kwargs")
@@ -215,13 +211,3 @@ class VisionDualAttnTransformer(_VisionModel):
             for _ in range(n_layers))
         self.final_out = nn.Linear(d_model, num_classes)
         self._init_rope(d_model // (n_heads_sa + n_heads_ra))
-
-    def _persistent_symbols(self, x: Tensor):
-        if self.update_symbols_each_layer or self.symbol_retriever is None:
-            return None
-        return self.symbol_retriever.retrieve(x)
-
-    def _block(self, i: int, x: Tensor, symbols=None, **kwargs):
-        if symbols is None and self.symbol_retriever is not None:
-            symbols = self.symbol_retriever.retrieve(x)
-        return self.encoder_blocks[i](x, symbols, **kwargs)

@@ -54,6 +54,7 @@ LM_VARIANTS = {
     "dat_disrca": dict(ra_type="disrca", ra_kwargs=dict(n_kv_heads=1)),
     "dat_gqa_shared_params": dict(share_attn_params=True, sa_kwargs=dict(n_kv_heads=1),
                                   ra_kwargs=dict(n_kv_heads=1, n_relations=4, rel_activation="tanh")),
+    "dat_softmax_rel": dict(ra_kwargs=dict(rel_activation="softmax")),
 }
 
 
@@ -124,9 +125,19 @@ def _causal_layers():
         ra.implementation = impl
         layers.append((f"ra_{impl}", ra, lambda m, x: m(x, x, freqs_cos=cos, freqs_sin=sin, is_causal=True,
                                                         need_weights=False)[0]))
+    for impl in ("plain", "blocked", "auto"):  # the softmax relations normalise over the senders j: causally
+        ra = RelationalAttention(D, 2, n_relations=4, rel_activation="softmax")
+        ra.implementation = impl
+        layers.append((f"ra_softmax_rel_{impl}", ra, lambda m, x: m(x, x, is_causal=True,
+                                                                    need_weights=m.implementation == "plain")[0]))
     ra_rel = RelationalAttention(D, 2, use_relative_positional_symbols=True, rel_activation="tanh")
     layers += [
         ("ra_relative", ra_rel, lambda m, x: m(x, rel, is_causal=True)[0]),
+        ("ra_relative_softmax_rel", RelationalAttention(D, 2, use_relative_positional_symbols=True,
+                                                        rel_activation="softmax"),
+         lambda m, x: m(x, rel, is_causal=True)[0]),
+        ("disrca_softmax_rel", DisentangledRelationalCrossAttention(D, 2, 0.0, rel_activation="softmax"),
+         lambda m, x: m(x, s, is_causal=True)[0]),
         ("rca", RelationalCrossAttention(D, 2, 0.0), lambda m, x: m(x, s, is_causal=True, need_weights=False)[0]),
         ("rca_sigmoid", RelationalCrossAttention(D, 2, 0.0, activation="sigmoid"),
          lambda m, x: m(x, s, is_causal=True)[0]),
@@ -189,6 +200,10 @@ def _padding_layers():
     ra_rel = RelationalAttention(D, 2, use_relative_positional_symbols=True, symmetric_rels=True)
     retr = PositionRelativeSymbolRetriever(D, 3).to(DT)
     layers += [
+        ("ra_softmax_rel", RelationalAttention(D, 2, rel_activation="softmax"),
+         lambda m, x, s, k: m(x, s, key_padding_mask=k)[0]),
+        ("disrca_softmax_rel", DisentangledRelationalCrossAttention(D, 2, 0.0, rel_activation="softmax"),
+         lambda m, x, s, k: m(x, s, key_padding_mask=k, need_weights=False)[0]),
         ("ra_relative", ra_rel, lambda m, x, s, k: m(x, retr.retrieve(x), key_padding_mask=k)[0]),
         ("rca", RelationalCrossAttention(D, 2, 0.0), lambda m, x, s, k: m(x, s, key_padding_mask=k,
                                                                           need_weights=False)[0]),

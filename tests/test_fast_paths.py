@@ -9,18 +9,17 @@ import math
 
 import pytest
 import torch
-from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import dual_attention.relational_attention as ra_module
 import dual_attention.relational_functional as rf
-from dual_attention.attention_utils import precompute_freqs_cis
+from dual_attention.attention_utils import POLICY, AttentionMask, precompute_freqs_cis
 from dual_attention.relational_attention import (
     DisentangledRelationalCrossAttention,
     RelationalAttention,
     RelationalCrossAttention,
 )
 from dual_attention.symbol_retrieval import PositionRelativeSymbolRetriever
+from dual_attention.symbol_values import TokenValues
 
 DT = torch.float64
 TOL = dict(rtol=1e-9, atol=1e-10)
@@ -30,8 +29,8 @@ D_MODEL, N_HEADS, TOTAL = 24, 2, 4  # head_dim 6
 @pytest.fixture(autouse=True)
 def _small_tiles(monkeypatch):
     """Blocks and tiles of a few queries, so that sequences of ~20 tokens span several of them."""
-    monkeypatch.setattr(ra_module, "PLAIN_BLOCK_SIZE", 5)
-    monkeypatch.setattr(rf, "TILE_ROWS", 4)
+    monkeypatch.setattr(POLICY, "block_size", 5)
+    monkeypatch.setattr(POLICY, "tile_rows", 4)
 
 
 class MaxNumel(TorchDispatchMode):
@@ -180,8 +179,8 @@ def test_tiled_relative_offsets(max_rel_pos):
         torch.testing.assert_close(outs[1][1], outs[0][1], **TOL)  # the gradient of the symbol table
 
 
-def test_plain_without_relations_uses_the_factorised_form():
-    """``return_relations=False`` (identity) returns no relations and the same output as with them."""
+def test_plain_without_weights_returns_none():
+    """``'plain'`` with ``need_weights=False`` returns no weights, and the same output as with them."""
     layer = RelationalAttention(D_MODEL, N_HEADS, total_n_heads=TOTAL).to(DT)
     x, symbols = _inputs(requires_grad=False)
     with_rel, attn, rel = layer(x, symbols, is_causal=True)
@@ -192,23 +191,27 @@ def test_plain_without_relations_uses_the_factorised_form():
     torch.testing.assert_close(without, with_rel, **TOL)
 
 
+def _problem(q, k, q_rel, k_rel, v, wr, mask=None, is_causal=False, **kw):
+    """An RAProblem of raw tensors (per-token values ``v``)."""
+    return rf.RAProblem(q, k, q_rel, k_rel, TokenValues(v), wr, mask=AttentionMask(mask, is_causal), **kw)
+
+
 def test_functional_forms_agree_directly():
-    """The functional API: ra_tiled / ra_fused / ra_blocked vs ra_plain, GQA with n_rep=3, causal and masks."""
+    """The kernels on one problem: ra_tiled / ra_fused / ra_blocked vs ra_plain, GQA with n_rep=3, causal, masks."""
     torch.manual_seed(1)
     b, h, k, dk, d, r, dr, n = 2, 6, 2, 5, 7, 3, 4, 17
     t = lambda *shape: torch.randn(*shape, dtype=DT)  # noqa: E731
     q, kk, v, wr = t(b, h, n, dk), t(b, k, n, dk), t(b, k, n, d), t(h, d, r)
     q_rel, k_rel = t(b, n, r, dr), t(b, n, r, dr)
     kw = dict(attn_scale=0.4, rel_scale=0.3)
-    plain_kw = dict(kw, rel_activation=nn.Identity(), attn_dropout=nn.Identity())
     mask = torch.rand(b, 1, n, n) > 0.3
     mask = mask | ~mask.any(-1, keepdim=True)
     for masks in (dict(is_causal=True), dict(mask=mask), dict(mask=t(1, h, n, n)), {}):
-        ref = rf.ra_plain(q, kk, q_rel, k_rel, v, wr, **plain_kw, **masks)[0]
-        torch.testing.assert_close(rf.ra_fused(q, kk, q_rel, k_rel, v, wr, **kw, **masks), ref, **TOL)
-        torch.testing.assert_close(rf.ra_tiled(q, kk, q_rel, k_rel, v, wr, **kw, **masks, tile_rows=6), ref, **TOL)
-        torch.testing.assert_close(rf.ra_blocked(q, kk, q_rel, k_rel, v, wr, block_size=4, **plain_kw, **masks),
-                                   ref, **TOL)
+        p = _problem(q, kk, q_rel, k_rel, v, wr, **kw, **masks)
+        ref = rf.ra_plain(p)[0]
+        torch.testing.assert_close(rf.ra_fused(p), ref, **TOL)
+        torch.testing.assert_close(rf.ra_tiled(p, tile_rows=6), ref, **TOL)
+        torch.testing.assert_close(rf.ra_blocked(p, block_size=4), ref, **TOL)
 
 
 def test_tiled_gradcheck():
@@ -216,10 +219,10 @@ def test_tiled_gradcheck():
     b, h, k, dk, d, r, dr, n = 1, 4, 2, 3, 3, 2, 2, 9
     t = lambda *shape: torch.randn(*shape, dtype=DT, requires_grad=True)  # noqa: E731
     args = (t(b, h, n, dk), t(b, k, n, dk), t(b, n, r, dr), t(b, n, r, dr), t(b, k, n, d), t(h, d, r))
-    assert torch.autograd.gradcheck(
-        lambda *a: rf.ra_tiled(*a, attn_scale=0.5, rel_scale=0.7, is_causal=True, tile_rows=4), args)
+    kw = dict(attn_scale=0.5, rel_scale=0.7)
+    assert torch.autograd.gradcheck(lambda *a: rf.ra_tiled(_problem(*a, is_causal=True, **kw), tile_rows=4), args)
     pad = (torch.arange(n) < 6)[None, None, None, :]
-    assert torch.autograd.gradcheck(lambda *a: rf.ra_tiled(*a, attn_scale=0.5, rel_scale=0.7, mask=pad), args)
+    assert torch.autograd.gradcheck(lambda *a: rf.ra_tiled(_problem(*a, mask=pad, **kw)), args)
 
 
 # ------------------------------------------------------------------------------------------ memory (sizes)
@@ -240,7 +243,7 @@ def test_fast_paths_never_build_an_n_by_n_tensor(impl):
     per_head_square = layer.n_heads * n * n
     assert _largest_tensor(layer, "plain", n, is_causal=True) >= per_head_square
     largest = _largest_tensor(layer, impl, n, is_causal=True)
-    bound = layer.n_heads * n * max(ra_module.PLAIN_BLOCK_SIZE, rf.TILE_ROWS) * layer.n_relations
+    bound = layer.n_heads * n * max(POLICY.block_size, POLICY.tile_rows) * layer.n_relations
     assert largest <= max(bound, n * (layer.head_dim + layer.n_relations * layer.rel_proj_dim) * layer.n_heads)
     assert largest < per_head_square // 2
 
@@ -297,29 +300,37 @@ def test_rca_and_disrca_fast_equal_weights_path(activation, relative):
 
 
 # ------------------------------------------------------------------------------------------ choice of path
+def _choice(layer, need_weights, symbols, n=3, decoding=False):
+    """What ``forward`` would run for ``n`` tokens."""
+    x = torch.zeros(1, n, D_MODEL, dtype=layer.wr.dtype)
+    if isinstance(symbols, torch.Tensor) and symbols.dim() == 3 and not layer.use_relative_positional_symbols:
+        symbols = symbols[:, :n]
+    return rf.resolve_implementation(layer.implementation, layer.project(x, symbols), need_weights=need_weights,
+                                     decoding=decoding)
+
+
 def test_auto_choice():
     layer = RelationalAttention(D_MODEL, N_HEADS, total_n_heads=TOTAL)
-    symbols = torch.zeros(1, 3, D_MODEL)
-    assert layer.choose_implementation(True, symbols) == "plain"
-    assert layer.choose_implementation(False, symbols) == "tiled"  # CPU, float32, no dropout
-    assert layer.choose_implementation(False, symbols, q_len=1) == "plain"  # a cached decoding step
-    assert layer.choose_implementation(False, symbols, q_len=rf.DECODE_MAX_QUERIES + 1) == "tiled"
+    symbols = torch.zeros(1, 32, D_MODEL)
+    assert _choice(layer, True, symbols) == "plain"
+    assert _choice(layer, False, symbols) == "tiled"  # CPU, float32, no dropout
+    assert _choice(layer, False, symbols, n=1, decoding=True) == "plain"  # a cached decoding step
+    assert _choice(layer, False, symbols, n=POLICY.decode_max_queries + 1, decoding=True) == "tiled"
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert layer.choose_implementation(False, symbols) == "fused"
+        assert _choice(layer, False, symbols) == "fused"
     dropout = RelationalAttention(D_MODEL, N_HEADS, dropout=0.1, total_n_heads=TOTAL)
-    assert dropout.choose_implementation(False, symbols) == "fused"  # the tiles have no attention dropout
+    assert _choice(dropout, False, symbols) == "fused"  # the tiles have no attention dropout
     dropout.eval()
-    assert dropout.choose_implementation(False, symbols) == "tiled"
-    assert RelationalAttention(D_MODEL, N_HEADS, rel_activation="relu").choose_implementation(False, symbols) \
-        == "blocked"
+    assert _choice(dropout, False, symbols) == "tiled"
+    assert _choice(RelationalAttention(D_MODEL, N_HEADS, rel_activation="relu"), False, symbols) == "blocked"
     relative = RelationalAttention(D_MODEL, N_HEADS, use_relative_positional_symbols=True)
     compact = PositionRelativeSymbolRetriever(D_MODEL, 3).retrieve(symbols)
-    assert relative.choose_implementation(False, compact) == "tiled"
-    assert relative.choose_implementation(False, compact.materialize(3)) == "blocked"  # published [n, n, d]
+    assert _choice(relative, False, compact) == "tiled"
+    assert _choice(relative, False, compact.materialize(3)) == "blocked"  # published [n, n, d]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert relative.choose_implementation(False, compact) == "blocked"
+        assert _choice(relative, False, compact) == "blocked"
     layer.implementation = "fused"
-    assert layer.choose_implementation(True, symbols) == "fused"
+    assert _choice(layer, True, symbols) == "fused"
 
 
 def test_tiled_refuses_dropout_and_bad_names():
@@ -332,9 +343,9 @@ def test_tiled_refuses_dropout_and_bad_names():
     out1 = layer(x, s, need_weights=False)[0]
     out2 = layer(x, s, need_weights=False)[0]
     assert not torch.allclose(out1, out2)
-    layer.implementation = "flash"
-    with pytest.raises(ValueError, match="'tiled'"):
-        layer(x, s, need_weights=False)
+    with pytest.raises(ValueError, match="'tiled'"):  # checked when set
+        layer.implementation = "flash"
+    assert layer.implementation == "fused"
 
 
 def test_fused_saves_compact_tensors_for_backward(monkeypatch):
@@ -343,6 +354,7 @@ def test_fused_saves_compact_tensors_for_backward(monkeypatch):
     b, h, dk, d, r, dr, n = 1, 2, 4, 4, 2, 4, 11
     t = lambda *shape: torch.randn(*shape, dtype=DT, requires_grad=True)  # noqa: E731
     args = (t(b, h, n, dk), t(b, h, n, dk), t(b, n, r, dr), t(b, n, r, dr), t(b, h, n, d), t(h, d, r))
+    kw = dict(attn_scale=0.5, rel_scale=0.5, is_causal=True)
     events = []
 
     class CountingRebuild(rf._Rebuild):
@@ -351,19 +363,19 @@ def test_fused_saves_compact_tensors_for_backward(monkeypatch):
             super().__init__(lambda: events.append("rebuilt") or rebuild())
 
     monkeypatch.setattr(rf, "_Rebuild", CountingRebuild)
-    out = rf.ra_fused(*args, attn_scale=0.5, rel_scale=0.5, is_causal=True)
+    out = rf.ra_fused(_problem(*args, **kw))
     assert events == ["saved"] * 3  # padded q, padded k, [v | k_rel]
     out.square().sum().backward()
     assert events.count("rebuilt") == 3
     with torch.no_grad():  # nothing is saved without gradients
-        rf.ra_fused(*args, attn_scale=0.5, rel_scale=0.5, is_causal=True)
+        rf.ra_fused(_problem(*args, **kw))
     assert len(events) == 6
-    assert torch.autograd.gradcheck(lambda *a: rf.ra_fused(*a, attn_scale=0.5, rel_scale=0.5, is_causal=True), args)
+    assert torch.autograd.gradcheck(lambda *a: rf.ra_fused(_problem(*a, **kw)), args)
 
 
 def test_tile_rows_cover_gqa_groups():
-    """With n_rep query heads per kv head, a tile holds TILE_ROWS // n_rep queries (at least one)."""
-    assert math.ceil(rf.TILE_ROWS / 6) >= 1
+    """With n_rep query heads per kv head, a tile holds tile_rows // n_rep queries (at least one)."""
+    assert math.ceil(POLICY.tile_rows / 6) >= 1
     layer = RelationalAttention(D_MODEL, 6, n_kv_heads=1, total_n_heads=6, n_relations=2).to(DT)
     x, s = _inputs(requires_grad=False)
     layer.implementation = "plain"
@@ -379,7 +391,7 @@ def test_cuda_fused_matches_plain():
     for kv in (None, 1):
         layer = RelationalAttention(D_MODEL, N_HEADS, total_n_heads=TOTAL, n_kv_heads=kv).cuda()
         x, s = torch.randn(2, 33, D_MODEL, device="cuda"), torch.randn(2, 33, D_MODEL, device="cuda")
-        assert layer.choose_implementation(False, s) == "fused"
+        assert rf.resolve_implementation("auto", layer.project(x, s), need_weights=False, decoding=False) == "fused"
         fast = layer(x, s, is_causal=True, need_weights=False)[0]
         layer.implementation = "plain"
         torch.testing.assert_close(fast, layer(x, s, is_causal=True)[0], rtol=1e-4, atol=1e-5)

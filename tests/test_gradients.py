@@ -7,9 +7,8 @@ import pytest
 import torch
 from torch.func import functional_call
 
-import dual_attention.relational_attention as ra_module
 from dual_attention.attention import Attention
-from dual_attention.attention_utils import precompute_freqs_cis
+from dual_attention.attention_utils import POLICY, precompute_freqs_cis
 from dual_attention.relational_attention import (
     DisentangledRelationalCrossAttention,
     RelationalAttention,
@@ -131,7 +130,7 @@ def _x(b=1, n=5, d=8):
 
 @pytest.mark.parametrize("impl", ["plain", "blocked", "fused", "auto"])
 def test_gradcheck_relational_attention(impl, monkeypatch):
-    monkeypatch.setattr(ra_module, "PLAIN_BLOCK_SIZE", 2)
+    monkeypatch.setattr(POLICY, "block_size", 2)
     layer = RelationalAttention(8, 2, n_relations=4, rel_proj_dim=3, n_kv_heads=1, add_bias_kv=True).to(DT)
     layer.implementation = impl
     cos, sin = precompute_freqs_cis(4, 5)
@@ -142,7 +141,7 @@ def test_gradcheck_relational_attention(impl, monkeypatch):
 
 @pytest.mark.parametrize("impl", ["plain", "blocked"])
 def test_gradcheck_relational_attention_relative_nonlinear(impl, monkeypatch):
-    monkeypatch.setattr(ra_module, "PLAIN_BLOCK_SIZE", 2)
+    monkeypatch.setattr(POLICY, "block_size", 2)
     layer = RelationalAttention(8, 2, rel_activation="tanh", use_relative_positional_symbols=True,
                                 symmetric_rels=True).to(DT)
     layer.implementation = impl

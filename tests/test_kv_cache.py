@@ -79,6 +79,17 @@ def test_greedy_tokens_identical(make_dat_lm, make_transformer_lm, family, retri
     assert torch.equal(cached[:, :19], prompt)
 
 
+@pytest.mark.parametrize("prefill", [3, 20])
+def test_cached_logits_with_softmax_relations(make_dat_lm, prefill):
+    """``rel_activation='softmax'`` normalises over the senders: the unwritten cache slots must stay out of it."""
+    model = make_dat_lm(max_block_size=BLOCK, ra_kwargs=dict(rel_activation="softmax")).to(torch.float64).eval()
+    x = torch.randint(0, model.vocab_size, (2, 30))
+    with torch.no_grad():
+        full, _ = model(x)
+        incremental = _incremental_logits(model, x, prefill, max_len=40)
+    torch.testing.assert_close(incremental, full, rtol=0, atol=1e-10)
+
+
 def test_generation_past_block_size_falls_back_to_a_window(make_dat_lm, make_transformer_lm):
     """More tokens than block_size: the cache fills up, then the last block_size tokens are re-run."""
     model = _lm(make_dat_lm, make_transformer_lm, "dat")

@@ -542,3 +542,46 @@ def test_apps_build_without_launching(lm_checkpoint):
         assert type(app).__name__ == "Blocks"
         app = module.build_app("/definitely/missing", "cpu")  # the error is shown in the page, no exception
         assert type(app).__name__ == "Blocks"
+
+
+# ---------------------------------------------------------------------------------- models: forward_intermediates
+def test_models_report_their_own_intermediates(make_dat_lm, make_transformer_lm, make_seq2seq_dat, make_vidat):
+    """``forward_intermediates`` of each family: typed per-block results, the forward's output (float64)."""
+    from dual_attention.intermediates import Intermediates, LayerIntermediates
+
+    lm = make_dat_lm(ra_kwargs=dict(rel_activation="softmax")).to(torch.float64).eval()
+    x = torch.randint(0, 37, (2, 9))
+    with torch.no_grad():
+        res = lm.forward_intermediates(x)
+        logits = lm(x)[0]
+    assert isinstance(res, Intermediates) and all(isinstance(layer, LayerIntermediates) for layer in res.layers)
+    torch.testing.assert_close(res.output, logits, rtol=0, atol=1e-10)
+    assert [layer.index for layer in res.layers] == [0, 1] and all(layer.causal for layer in res.layers)
+    first = res.layers[0]
+    assert first.relations.shape == (2, 9, 9, lm.layers.blocks[0].dual_attn.relational_attention.n_relations)
+    torch.testing.assert_close(first.relations.sum(2), torch.ones_like(first.relations.sum(2)))  # over senders j
+    assert (first.relations[:, 0, 1:] == 0).all()  # causal: the first receiver's only sender is itself
+    h0, _ = lm._embed(x, None)
+    symbols = lm.layers.symbol_retrievers[0](h0)
+    torch.testing.assert_close(first.symbols, symbols, rtol=0, atol=1e-12)  # what the first block received
+
+    tlm = make_transformer_lm().to(torch.float64).eval()
+    with torch.no_grad():
+        res = tlm.forward_intermediates(x)
+        torch.testing.assert_close(res.output, tlm(x)[0], rtol=0, atol=1e-10)
+    assert res.layers[0].sa_attn.shape[-2:] == (9, 9) and res.layers[0].relations is None
+
+    s2s = make_seq2seq_dat().to(torch.float64).eval()
+    src, tgt = torch.randint(0, 23, (2, 7)), torch.randint(0, 19, (2, 5))
+    with torch.no_grad():
+        res = s2s.forward_intermediates(src, tgt)
+        torch.testing.assert_close(res.output, s2s(src, tgt, targets=tgt)[0], rtol=0, atol=1e-10)
+    assert [layer.stack for layer in res.layers] == ["encoder"] * s2s.n_layers_enc + ["decoder"] * s2s.n_layers_dec
+    assert res.layers[-1].cross_attn.shape[-2:] == (5, 7)
+
+    vit = make_vidat().to(torch.float64).eval()  # images (B, 3, 8, 8)
+    img = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        res = vit.forward_intermediates(img)
+        torch.testing.assert_close(res.output, vit(img), rtol=0, atol=1e-10)
+    assert len(res.layers) == vit.n_layers and res.layers[0].ra_attn.shape[-2:] == (5, 5)  # cls + 4 patches

@@ -21,10 +21,9 @@ import math
 import pytest
 import torch
 
-import dual_attention.relational_attention as ra_module
 import dual_attention.relational_functional as rf
 from dual_attention.attention import Attention
-from dual_attention.attention_utils import precompute_freqs_cis
+from dual_attention.attention_utils import POLICY, precompute_freqs_cis
 from dual_attention.dual_attention import DualAttention
 from dual_attention.relational_attention import (
     DisentangledRelationalCrossAttention,
@@ -107,7 +106,10 @@ def ref_relational_attention(layer: RelationalAttention, x, symbols, *, freqs=No
         q, k = rope(q, *freqs), rope(k, *freqs)
     q_rel = lin(x, layer.wq_rel).reshape(b, n, R, dr)
     k_rel = lin(x, layer.wk_rel).reshape(b, n, R, dr)
-    rel = act(torch.einsum("birc,bjrc->bijr", q_rel, k_rel) / math.sqrt(dr))  # (B, n, n, R)
+    scores = torch.einsum("birc,bjrc->brij", q_rel, k_rel) / math.sqrt(dr)  # (B, R, n, n): the published layout
+    if layer.rel_activation_name == "softmax" and allowed is not None:  # normaliser over the allowed senders only
+        scores = scores.masked_fill(~allowed.any(1, keepdim=True), float("-inf"))
+    rel = act(scores).permute(0, 2, 3, 1)  # (B, n, n, R); softmax: Σ_j r_ij = 1
     relative = layer.use_relative_positional_symbols
     v = lin(symbols, layer.wv)
     v = v.reshape(n, n, K, D) if relative else v.reshape(b, n, K, D)
@@ -184,8 +186,10 @@ def ref_disrca(layer: DisentangledRelationalCrossAttention, x, symbols, *, freqs
         g = h // (H // K)
         alpha = masked_softmax(torch.einsum("bic,bjc->bij", q[:, :, h], k[:, :, g]) / math.sqrt(D),
                                None if allowed is None else allowed[:, h])
-        rho = ACTS[layer.rel_activation_name](torch.einsum("bic,bjc->bij", q_rel[:, :, h], k_rel[:, :, g])
-                                              / math.sqrt(D))
+        rho = torch.einsum("bic,bjc->bij", q_rel[:, :, h], k_rel[:, :, g]) / math.sqrt(D)
+        if layer.rel_activation_name == "softmax" and allowed is not None:  # over the allowed senders j
+            rho = rho.masked_fill(~allowed[:, h], float("-inf"))
+        rho = ACTS[layer.rel_activation_name](rho)
         vals = (v[None, :, :, g] if relative else v[:, None, :, g]).expand(b, n, n, D)
         heads.append(torch.einsum("bij,bijd->bid", alpha * rho, vals))
     return lin(torch.cat(heads, -1), layer.wo)
@@ -266,6 +270,10 @@ RA_CASES = {
     "key_dim": dict(kw=dict(key_dim=6)),
     "tanh": dict(kw=dict(rel_activation="tanh"), is_causal=True),
     "softmax_rel": dict(kw=dict(rel_activation="softmax", n_relations=4)),
+    "softmax_rel_causal_padding": dict(kw=dict(rel_activation="softmax", n_relations=3, rel_proj_dim=4),
+                                       is_causal=True, padding=True),
+    "softmax_rel_mask_4d_gqa": dict(kw=dict(rel_activation="softmax", n_kv_heads=2), n_heads=4, mask="4d"),
+    "softmax_rel_float_mask_relative": dict(kw=dict(rel_activation="softmax"), mask="float", relative="compact"),
     "gelu_sym": dict(kw=dict(rel_activation="gelu", symmetric_rels=True)),
     "total_n_heads": dict(kw=dict(total_n_heads=4)),
     "biases": dict(kw=dict(add_bias_kv=True, add_bias_out=True, n_kv_heads=1)),
@@ -344,7 +352,7 @@ def _implementations(layer: RelationalAttention, symbols) -> list[tuple[str, boo
 @pytest.mark.parametrize("case_name", list(RA_CASES))
 def test_relational_attention_matches_equation(case_name, monkeypatch):
     """Every implementation of RA equals the equation (values and all gradients), in float64."""
-    monkeypatch.setattr(ra_module, "PLAIN_BLOCK_SIZE", 3)  # N=7 queries -> 3 blocks: the blocked path blocks
+    monkeypatch.setattr(POLICY, "block_size", 3)  # N=7 queries -> 3 blocks: the blocked path blocks
     layer, x, symbols, ref_symbols, sym_inputs, fwd, ref_kw, _ = _make_case(RA_CASES[case_name])
     ref_out, ref_attn, ref_rel = ref_relational_attention(layer, x, ref_symbols, **ref_kw)
     reference = Reference(ref_out, {**_inputs(layer, x=x), **sym_inputs})
@@ -372,22 +380,22 @@ LONG_CASES = {
 
 @pytest.mark.parametrize("case_name", list(LONG_CASES))
 def test_relational_attention_long_sequences_block(case_name, monkeypatch):
-    """Lengths beyond PLAIN_BLOCK_SIZE: the blocked path really splits the queries, and still equals the formula."""
-    n = ra_module.PLAIN_BLOCK_SIZE + 13
+    """Lengths beyond POLICY.block_size: the blocked path really splits the queries, and still equals the formula."""
+    n = POLICY.block_size + 13
     layer, x, symbols, ref_symbols, sym_inputs, fwd, ref_kw, _ = _make_case(LONG_CASES[case_name], n=n, b=1)
     calls = []
     original = rf.ra_plain
 
-    def counting_ra_plain(q, *args, **kwargs):
-        calls.append(q.shape[2])
-        return original(q, *args, **kwargs)
+    def counting_ra_plain(problem, *args, **kwargs):
+        calls.append(problem.lq)
+        return original(problem, *args, **kwargs)
 
     monkeypatch.setattr(rf, "ra_plain", counting_ra_plain)  # what ra_blocked calls per block of queries
     ref_out, _, _ = ref_relational_attention(layer, x, ref_symbols, **ref_kw)
     reference = Reference(ref_out, {**_inputs(layer, x=x), **sym_inputs})
     checked = set()
     for impl, need_weights in _implementations(layer, symbols):
-        chosen = layer.choose_implementation(need_weights, symbols) if impl == "auto" else impl
+        chosen = rf.resolve_implementation(impl, layer.project(x, symbols), need_weights=need_weights, decoding=False)
         if chosen == "plain" or chosen in checked:
             continue
         checked.add(chosen)
@@ -395,8 +403,8 @@ def test_relational_attention_long_sequences_block(case_name, monkeypatch):
         calls.clear()
         out, _, _ = layer(x, symbols, need_weights=need_weights, **fwd)
         if chosen == "blocked":
-            assert len(calls) == math.ceil(n / ra_module.PLAIN_BLOCK_SIZE) and sum(calls) == n, calls
-            assert max(calls) <= ra_module.PLAIN_BLOCK_SIZE
+            assert len(calls) == math.ceil(n / POLICY.block_size) and sum(calls) == n, calls
+            assert max(calls) <= POLICY.block_size
         reference.check(out, tol=dict(rtol=1e-8, atol=1e-9))
     assert "blocked" in checked
 
@@ -482,10 +490,10 @@ def test_rca_matches_equation(case_name, activation):
         assert (scores is None) != need_weights
 
 
-@pytest.mark.parametrize("rel_activation", ["identity", "tanh"])
+@pytest.mark.parametrize("rel_activation", ["identity", "tanh", "softmax"])
 @pytest.mark.parametrize("case_name", list(CROSS_CASES))
 def test_disrca_matches_equation(case_name, rel_activation, monkeypatch):
-    monkeypatch.setattr(ra_module, "PLAIN_BLOCK_SIZE", 3)  # the need_weights=False path is query-blocked
+    monkeypatch.setattr(POLICY, "block_size", 3)  # the need_weights=False path is query-blocked
     layer, x, symbols, ref_symbols, inputs, fwd, ref_kw = _make_cross_case(
         DisentangledRelationalCrossAttention, CROSS_CASES[case_name], dict(rel_activation=rel_activation))
     reference = Reference(ref_disrca(layer, x, ref_symbols, **ref_kw), inputs)
@@ -697,3 +705,61 @@ def test_dual_attention_with_ablation_ra_types(ra_type, cls):
                      ref_fn(layer.relational_attention, x, s, allowed=allowed)], -1)
     assert_same_values_and_grads(out, ref, _inputs(layer, x=x))
     assert isinstance(extra, list) and len(extra) == (1 if ra_type == "rca" else 2)
+
+
+# ------------------------------------------------------------------------------ rel_activation='softmax' (issue 15)
+def test_softmax_relations_normalise_over_senders_by_hand():
+    """An unmasked RA layer with ``rel_activation='softmax'`` against scalar Python arithmetic (as published: the
+    scores laid out ``[b, R, n, n]``, softmax over the last dim, i.e. over the senders j of each receiver i)."""
+    torch.manual_seed(3)
+    layer = RelationalAttention(4, 1, n_relations=2, rel_activation="softmax").to(DT)  # head_dim 4, d_r 2
+    x = torch.randn(1, 3, 4, dtype=DT)
+    s = torch.randn(1, 3, 4, dtype=DT)
+    W = {name: p.detach().tolist() for name, p in layer.named_parameters()}
+
+    def matvec(w, v):
+        return [sum(w_rc * v_c for w_rc, v_c in zip(row, v)) for row in w]
+
+    xs, ss = x[0].tolist(), s[0].tolist()
+    q_rel = [matvec(W["wq_rel.weight"], xi) for xi in xs]  # R*d_r = 4 features: relation ℓ is [2ℓ, 2ℓ+2)
+    k_rel = [matvec(W["wk_rel.weight"], xi) for xi in xs]
+    q, k = [matvec(W["wq_attn.weight"], xi) for xi in xs], [matvec(W["wk_attn.weight"], xi) for xi in xs]
+    v = [matvec(W["wv.weight"], si) for si in ss]
+    n, R = 3, 2
+    rel = [[[0.0] * R for _ in range(n)] for _ in range(n)]
+    for i in range(n):
+        for ell in range(R):
+            e = [math.exp(sum(q_rel[i][2 * ell + c] * k_rel[j][2 * ell + c] for c in range(2)) / math.sqrt(2))
+                 for j in range(n)]
+            for j in range(n):
+                rel[i][j][ell] = e[j] / sum(e)
+    out = []
+    for i in range(n):
+        e = [math.exp(sum(a * b for a, b in zip(q[i], k[j])) / 2.0) for j in range(n)]  # 1/√head_dim = 1/2
+        alpha = [e_j / sum(e) for e_j in e]
+        wr = W["wr"][0]  # (head_dim, R)
+        a_i = [sum(alpha[j] * (sum(wr[c][ell] * rel[i][j][ell] for ell in range(R)) + v[j][c]) for j in range(n))
+               for c in range(4)]
+        out.append(matvec(W["wo.weight"], a_i))
+
+    got, _, got_rel = layer(x, s)
+    torch.testing.assert_close(got_rel[0], torch.tensor(rel, dtype=DT), **TOL)
+    torch.testing.assert_close(got[0], torch.tensor(out, dtype=DT), **TOL)
+    torch.testing.assert_close(got_rel.sum(2), torch.ones(1, n, R, dtype=DT), **TOL)  # Σ_j r_ij,ℓ = 1
+    assert not torch.allclose(got_rel.sum(3), torch.ones(1, n, n, dtype=DT))  # not normalised over ℓ
+    for impl in ("blocked", "auto"):  # the other implementations that take this activation agree
+        layer.implementation = impl
+        torch.testing.assert_close(layer(x, s, need_weights=False)[0], got, **TOL)
+
+
+def test_softmax_relations_exclude_masked_senders():
+    """With a mask, the normaliser runs over the senders some head may attend to; masked senders get r = 0."""
+    layer = RelationalAttention(D_MODEL, 2, rel_activation="softmax").to(DT)
+    x, s = torch.randn(2, 5, D_MODEL, dtype=DT), torch.randn(2, 5, D_MODEL, dtype=DT)
+    kpm = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    _, _, rel = layer(x, s, is_causal=True, key_padding_mask=kpm)
+    allowed = torch.ones(5, 5, dtype=torch.bool).tril()[None] & kpm[:, None, :]  # (B, i, j)
+    assert (rel[~allowed] == 0).all()
+    torch.testing.assert_close(rel.sum(2), torch.ones(2, 5, layer.n_relations, dtype=DT), **TOL)
+    _, _, unmasked = layer(x, s)
+    torch.testing.assert_close(rel[:, -1, :, :][0], unmasked[0, -1], **TOL)  # the last row sees every sender

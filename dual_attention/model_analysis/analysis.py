@@ -12,10 +12,10 @@ For each layer ℓ the result holds
   of the library each token took, per head); positional symbols have ``symbol_ids[b, 0, i] = i``;
 * the cross-attention maps of seq2seq decoder layers, ``(B, H_cross, m, n)``, and the layer output.
 
-The pass calls the same modules with the same inputs as the model's own ``forward``, so the outputs equal the plain
-forward's (to float rounding: the relational heads take their explicit path to return the weights). Modules are put
-in eval mode for the pass (no dropout) and their ``training`` flags are restored afterwards; no gradients are kept
-unless asked.
+The pass is the model's own ``forward_intermediates`` (the same loop as its ``forward``), so the outputs equal
+the plain forward's (to float rounding: the relational heads take their explicit path to return the weights).
+Modules are put in eval mode for the pass (no dropout) and their ``training`` flags are restored afterwards; no
+gradients are kept unless asked.
 
 Works for pre- and post-norm blocks, SA-only and RA-only layers, every symbol retriever and RA type, the Transformer
 baselines (self-attention maps only), language models, seq2seq models and vision models.
@@ -30,12 +30,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from dual_attention.symbol_retrieval import (
-    PositionalSymbolRetriever,
-    RelationalSymbolicAttention,
-    RelativeSymbols,
-    SymbolicAttention,
-)
+from dual_attention.intermediates import LayerIntermediates, retrieve_symbols_with_weights
+from dual_attention.symbol_values import RelativeSymbols
 
 __all__ = [
     "LayerAnalysis",
@@ -50,47 +46,8 @@ __all__ = [
 ]
 
 
-@dataclass
-class LayerAnalysis:
-    """What one block computed (all tensors detached unless ``keep_grad``; absent parts are None).
-
-    Attributes:
-        stack: ``'blocks'`` (LM, vision), ``'encoder'`` or ``'decoder'`` (seq2seq).
-        index: the layer index within its stack.
-        causal: whether the layer's self/relational attention is causal (receivers i see senders j ≤ i only).
-        sa_attn: self-attention weights ``(B, H_sa, n, n)``, ``[b, h, i, j]``.
-        ra_attn: relational-attention weights ``(B, H_ra, n, n)``, ``[b, h, i, j]``.
-        relations: ``(B, n, n, R)``, ``[b, i, j, r] = r_r(x_i, x_j)`` (computed for every pair, also j > i).
-        cross_attn: decoder cross-attention weights ``(B, H_cross, m, n_source)``.
-        symbols: the symbols given to the block: ``(B, n, d)``, or :class:`RelativeSymbols` (position-relative).
-        symbol_attn: attention over the symbol library ``(B, H_sym, n, N)`` (symbolic retrievers only).
-        symbol_ids: index of the symbol each token took, per head ``(B, H_sym, n)`` (positional: the position).
-        hidden: the block's output ``(B, n, d)``.
-        ra_type: ``'relational_attention'``, ``'rca'``, ``'disrca'``, or None without relational heads.
-    """
-
-    stack: str
-    index: int
-    causal: bool
-    hidden: Tensor
-    sa_attn: Tensor | None = None
-    ra_attn: Tensor | None = None
-    relations: Tensor | None = None
-    cross_attn: Tensor | None = None
-    symbols: Tensor | RelativeSymbols | None = None
-    symbol_attn: Tensor | None = None
-    symbol_ids: Tensor | None = None
-    ra_type: str | None = None
-
-    @property
-    def name(self) -> str:
-        """``'layer 2'`` or ``'decoder layer 2'``."""
-        return f"layer {self.index}" if self.stack == "blocks" else f"{self.stack} layer {self.index}"
-
-    @property
-    def relation_maps(self) -> Tensor | None:
-        """Relations as maps ``(B, R, n, n)`` with ``[b, r, i, j] = r_r(x_i, x_j)`` (the layout of attention maps)."""
-        return None if self.relations is None else self.relations.permute(0, 3, 1, 2)  # (B, R, n, n)
+#: what one block computed (see :class:`~dual_attention.intermediates.LayerIntermediates`)
+LayerAnalysis = LayerIntermediates
 
 
 @dataclass
@@ -148,80 +105,6 @@ def model_family(model: nn.Module) -> str:
                     "model")
 
 
-def retrieve_symbols_with_weights(retriever: nn.Module, h: Tensor, input_pos: Tensor | None = None, **rsa_kwargs):
-    """``(symbols, symbol_attn or None, symbol_ids or None)`` for the block input ``h (B, n, d)``.
-
-    ``symbols`` come from ``retriever.retrieve`` (exactly what the model uses); the library attention of a
-    :class:`SymbolicAttention` (or of the inner one of a :class:`RelationalSymbolicAttention`) is computed
-    beside it, ``(B, H_sym, n, N)``, and ``symbol_ids = argmax`` over the library ``(B, H_sym, n)``.
-    ``rsa_kwargs`` (``key_padding_mask``, ``causal``) go to a :class:`RelationalSymbolicAttention` only.
-    """
-    b, n = h.shape[:2]
-    if isinstance(retriever, SymbolicAttention):
-        symbols = retriever.retrieve(h, input_pos)
-        weights = retriever.forward_with_weights(h)[1]  # (B, H_sym, n, N)
-        return symbols, weights, weights.argmax(dim=-1)
-    if isinstance(retriever, RelationalSymbolicAttention):
-        captured: list[Tensor] = []
-        hook = retriever.symbolic_attention.register_forward_hook(lambda _m, args, _out: captured.append(args[0]))
-        try:
-            symbols = retriever.retrieve(h, input_pos, **rsa_kwargs)
-        finally:
-            hook.remove()
-        weights = retriever.symbolic_attention.forward_with_weights(captured[-1])[1]  # (B, H_sym, n, N)
-        return symbols, weights, weights.argmax(dim=-1)
-    symbols = retriever.retrieve(h, input_pos)
-    if isinstance(retriever, PositionalSymbolRetriever):
-        positions = torch.arange(n, device=h.device) if input_pos is None else input_pos
-        return symbols, None, positions[None, None, :].expand(b, 1, n)  # (B, 1, n)
-    return symbols, None, None
-
-
-def _layer_symbols(retriever: nn.Module | None, h: Tensor, **kwargs) -> tuple:
-    """``(symbols, symbol_attn, symbol_ids)`` a block gets from ``retriever`` (all None for a model without one).
-
-    ``kwargs`` (key_padding_mask, causal) go to a :class:`RelationalSymbolicAttention`, as the models pass them."""
-    if retriever is None:
-        return None, None, None
-    return retrieve_symbols_with_weights(retriever, h, **kwargs)
-
-
-def _persistent(model: nn.Module, retriever: nn.Module | None, h: Tensor, **kwargs) -> tuple | None:
-    """The symbols of every layer when the model retrieves them once (``update_symbols_each_layer=False``)."""
-    if getattr(model, "update_symbols_each_layer", True) or retriever is None:
-        return None
-    return _layer_symbols(retriever, h, **kwargs)
-
-
-def _ra_type(block: nn.Module) -> str | None:
-    dual_attn = getattr(block, "dual_attn", None)
-    if dual_attn is None or not dual_attn.use_rel_attn:
-        return None
-    return dual_attn.ra_type
-
-
-def _record(stack: str, index: int, block: nn.Module, hidden: Tensor, weights, symbols=None, symbol_attn=None,
-            symbol_ids=None) -> LayerAnalysis:
-    """Unpack a block's ``return_weights`` output into a :class:`LayerAnalysis`."""
-    ra_type = _ra_type(block)
-    layer = LayerAnalysis(stack=stack, index=index, causal=bool(getattr(block, "causal", False)), hidden=hidden,
-                          symbols=symbols, symbol_attn=symbol_attn, symbol_ids=symbol_ids, ra_type=ra_type)
-    if isinstance(weights, Tensor):  # baseline EncoderBlock: the SA weights themselves
-        layer.sa_attn = weights
-        return layer
-    layer.sa_attn = weights.get("sa")
-    layer.cross_attn = weights.get("cross")
-    ra = weights.get("ra")
-    if ra:
-        if ra_type in ("rca", "hadamard"):  # [weights (B, H, n, n)] (RCA: the relations are the weights)
-            layer.ra_attn = ra[0]
-        elif ra_type == "disrca":  # [α (B, H, n, n), ρ (B, H, n, n)]
-            layer.ra_attn, layer.relations = ra[0], ra[1].permute(0, 2, 3, 1)  # (B, n, n, H)
-        else:  # [α (B, H, n, n), r (B, n, n, R)]
-            layer.ra_attn, layer.relations = ra[0], ra[1]
-    return layer
-
-
 def _detach(analysis: ForwardAnalysis) -> ForwardAnalysis:
     def d(x):
         if isinstance(x, Tensor):
@@ -245,31 +128,23 @@ def _mode(model: nn.Module, eval_mode: bool, keep_grad: bool) -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------------------------------------ passes
+def _analysis(family: str, model: nn.Module, run, eval_mode: bool, keep_grad: bool) -> ForwardAnalysis:
+    """``run()`` (a ``forward_intermediates`` call) in the analysis mode, as a :class:`ForwardAnalysis`."""
+    if model_family(model) != family:
+        kind = {"lm": "language", "seq2seq": "seq2seq", "vision": "vision"}[family]
+        raise TypeError(f"analyze_{family} needs a {kind} model, got {type(model).__name__}")
+    with _mode(model, eval_mode, keep_grad):
+        result = run()
+    analysis = ForwardAnalysis(family, result.output, result.layers)
+    return analysis if keep_grad else _detach(analysis)
+
+
 def analyze_lm(model: nn.Module, idx: Tensor, *, eval_mode: bool = True, keep_grad: bool = False) -> ForwardAnalysis:
     """Analyse a language model (:class:`DualAttnTransformerLM` or :class:`TransformerLM`) on ``idx (B, T)``.
 
     ``output`` = the logits ``(B, T, V)`` of ``model(idx)``.
     """
-    if model_family(model) != "lm":
-        raise TypeError(f"analyze_lm needs a language model, got {type(model).__name__}")
-    model._check_idx(idx, None)
-    with _mode(model, eval_mode, keep_grad):
-        h, freqs = model._embed(idx, None)  # h (B, T, d); RoPE tables or (None, None)
-        dat = "symbol_retrievers" in model.layers
-        retrievers = model.layers["symbol_retrievers"] if dat else []
-        persistent = _persistent(model, retrievers[0] if len(retrievers) else None, h)
-        layers = []
-        for i, block in enumerate(model.layers.blocks):
-            if dat:
-                sym = persistent or _layer_symbols(retrievers[i] if len(retrievers) else None, h)
-                h, weights = block(h, sym[0], *freqs, return_weights=True)
-                layers.append(_record("blocks", i, block, h, weights, *sym))
-            else:
-                h, weights = block(h, *freqs, return_weights=True)
-                layers.append(_record("blocks", i, block, h, weights))
-        logits = model.layers.final_out(model.layers.norm(h))  # (B, T, V)
-    result = ForwardAnalysis("lm", logits, layers)
-    return result if keep_grad else _detach(result)
+    return _analysis("lm", model, lambda: model.forward_intermediates(idx), eval_mode, keep_grad)
 
 
 def analyze_seq2seq(model: nn.Module, src: Tensor, tgt: Tensor, *, src_padding_mask: Tensor | None = None,
@@ -279,45 +154,8 @@ def analyze_seq2seq(model: nn.Module, src: Tensor, tgt: Tensor, *, src_padding_m
 
     ``output`` = ``model.decode(tgt, model.encode(src))``, the logits of every target position ``(B, L_y, out)``.
     """
-    from dual_attention.seq2seq_models import _check_seq
-
-    if model_family(model) != "seq2seq":
-        raise TypeError(f"analyze_seq2seq needs a seq2seq model, got {type(model).__name__}")
-    _check_seq("x", src, model.input_spec, model.in_block_size)
-    _check_seq("y", tgt, model.output_spec, model.out_block_size)
-    dat = bool(getattr(model, "uses_symbols", False))
-    retriever = model.layers["symbol_retriever"] if "symbol_retriever" in model.layers else None
-    layers = []
-    with _mode(model, eval_mode, keep_grad):
-        h = model._embed(src, "source")  # (B, Ls, d)
-        rope = model.rope("enc", h.shape[1])
-        persistent = _persistent(model, retriever, h, key_padding_mask=src_padding_mask)
-        for i, block in enumerate(model.layers.encoder_blocks):
-            if dat:
-                sym = persistent or _layer_symbols(retriever, h, key_padding_mask=src_padding_mask)
-                h, weights = block(h, sym[0], key_padding_mask=src_padding_mask, return_weights=True, **rope)
-                layers.append(_record("encoder", i, block, h, weights, *sym))
-            else:
-                h, weights = block(h, key_padding_mask=src_padding_mask, return_weights=True, **rope)
-                layers.append(_record("encoder", i, block, h, weights))
-        g = model._embed(tgt, "target", 0)  # (B, Ly, d)
-        rope = model.rope("dec", g.shape[1])
-        blocks = model.layers.decoder_blocks
-        persistent = _persistent(model, retriever, g, key_padding_mask=tgt_padding_mask, causal=blocks[0].causal)
-        for i, block in enumerate(blocks):
-            common = dict(key_padding_mask=tgt_padding_mask, context_padding_mask=src_padding_mask,
-                          return_weights=True, **rope)
-            if dat:
-                sym = persistent or _layer_symbols(retriever, g, key_padding_mask=tgt_padding_mask,
-                                                   causal=block.causal)
-                g, weights = block(g, h, sym[0], **common)
-                layers.append(_record("decoder", i, block, g, weights, *sym))
-            else:
-                g, weights = block(g, h, **common)
-                layers.append(_record("decoder", i, block, g, weights))
-        logits = model.layers.final_out(g)  # (B, Ly, out_dim)
-    result = ForwardAnalysis("seq2seq", logits, layers)
-    return result if keep_grad else _detach(result)
+    return _analysis("seq2seq", model, lambda: model.forward_intermediates(
+        src, tgt, src_padding_mask=src_padding_mask, tgt_padding_mask=tgt_padding_mask), eval_mode, keep_grad)
 
 
 def analyze_vision(model: nn.Module, img: Tensor, *, eval_mode: bool = True,
@@ -326,27 +164,7 @@ def analyze_vision(model: nn.Module, img: Tensor, *, eval_mode: bool = True,
 
     ``output`` = ``model(img)``, the class logits ``(B, num_classes)``.
     """
-    if model_family(model) != "vision":
-        raise TypeError(f"analyze_vision needs a vision model, got {type(model).__name__}")
-    dat = bool(getattr(model, "uses_symbols", False))
-    retriever = getattr(model, "symbol_retriever", None)
-    layers = []
-    with _mode(model, eval_mode, keep_grad):
-        x = model.embed(img)  # (B, 1 + patches, d)
-        rope = model.rope(x.shape[1])
-        persistent = _persistent(model, retriever, x)
-        for i, block in enumerate(model.encoder_blocks):
-            if dat:
-                sym = persistent or _layer_symbols(retriever, x)
-                x, weights = block(x, sym[0], return_weights=True, **rope)
-                layers.append(_record("blocks", i, block, x, weights, *sym))
-            else:
-                x, weights = block(x, return_weights=True, **rope)
-                layers.append(_record("blocks", i, block, x, weights))
-        pooled = x[:, 0] if model.pool == "cls" else x.mean(dim=1)  # (B, d)
-        logits = model.final_out(pooled)  # (B, num_classes)
-    result = ForwardAnalysis("vision", logits, layers)
-    return result if keep_grad else _detach(result)
+    return _analysis("vision", model, lambda: model.forward_intermediates(img), eval_mode, keep_grad)
 
 
 def analyze(model: nn.Module, *inputs: Tensor, eval_mode: bool = True, keep_grad: bool = False,
