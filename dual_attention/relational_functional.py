@@ -56,7 +56,7 @@ __all__ = ["IMPLEMENTATIONS", "RAProblem", "RelativeSymbolValues", "map_query_bl
            "run_implementation"]
 
 #: the values of ``RelationalAttention.implementation``
-IMPLEMENTATIONS = ("auto", "fused", "tiled", "blocked", "plain")
+IMPLEMENTATIONS = ("auto", "fused", "tiled", "triton", "blocked", "plain")
 
 
 @dataclass
@@ -472,17 +472,17 @@ def ra_tiled(p: RAProblem, tile_rows: int | None = None) -> Tensor:
 # ------------------------------------------------------------------------------------------------- the dispatcher
 def _refusal(implementation: str, p: RAProblem) -> str | None:
     """Why ``implementation`` cannot compute ``p`` exactly, or None if it can."""
-    if implementation not in ("fused", "tiled"):
+    if implementation not in ("fused", "tiled", "triton"):
         return None
     if not p.identity:
         return (f"rel_activation must be 'identity' (the factorisation (★) needs it), this layer's is "
                 f"{type(p.rel_activation).__name__}; use 'blocked' or 'plain'")
     if implementation == "fused" and not isinstance(p.values, TokenValues):
         return f"it needs per-token symbols, got {p.values.form} symbol values; use 'blocked' (or 'tiled')"
-    if implementation == "tiled" and p.values.form == "pair":
+    if implementation in ("tiled", "triton") and p.values.form == "pair":
         return ("it needs per-token or compact position-relative symbols (RelativeSymbols), not the materialised "
                 "[n, n, d] tensor; use 'blocked'")
-    if implementation == "tiled" and p.dropout_p > 0:
+    if implementation in ("tiled", "triton") and p.dropout_p > 0:
         return (f"it has no attention dropout (dropout={p.dropout_p} in training); use 'fused' or 'blocked' when "
                 "training with dropout")
     return None
@@ -508,17 +508,32 @@ def resolve_implementation(implementation: str, p: RAProblem, *, need_weights: b
         if not p.identity or p.values.form == "pair" or (p.values.form == "relative" and not tiled):
             return "blocked"
         implementation = "tiled" if tiled else "fused"
+        if p.q.device.type == "cuda" and p.dropout_p == 0 and _triton_usable():
+            implementation = "triton"  # dual_attention.triton_ra: the fused Triton kernel
     reason = _refusal(implementation, p)
     if reason is not None:
         raise ValueError(f"implementation={implementation!r} cannot compute this layer: {reason}")
-    if implementation == "tiled" and p.values.form == "relative" and p.q_pos is not None:
+    if implementation in ("tiled", "triton") and p.values.form == "relative" and p.q_pos is not None:
         return "blocked"
     return implementation
+
+
+def _triton_usable() -> bool:
+    """The Triton kernel is installed and runs on CUDA here (not under ``torch.compile``)."""
+    if torch.compiler.is_compiling():
+        return False
+    from dual_attention.triton_ra import triton_available
+
+    return triton_available("cuda")
 
 
 def run_implementation(implementation: str, p: RAProblem) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """``(A (B, H, Lq, D), α or None, r or None)`` by a resolved implementation (only ``'plain'`` has α and r)."""
     if implementation == "plain":
         return ra_plain(p)
+    if implementation == "triton":
+        from dual_attention.triton_ra import ra_triton  # Triton is optional: imported only when used
+
+        return ra_triton(p), None, None
     kernel = {"fused": ra_fused, "tiled": ra_tiled, "blocked": ra_blocked}[implementation]
     return kernel(p), None, None

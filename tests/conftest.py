@@ -6,6 +6,7 @@ milliseconds on a CPU; each takes keyword overrides of its defaults.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,11 @@ import torch
 
 #: the published package's state-dict listings (API.md §15), kept with the tests so that any clone runs them
 REFERENCE_DIR = Path(__file__).resolve().parent / "data" / "reference"
+
+# Without CUDA the Triton kernel's tests (test_triton_ra.py) run through Triton's interpreter, which Triton reads when
+# it is first imported (torch._dynamo imports it), so it is switched on here, before any test module is collected.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 # ---------------------------------------------------------------------------------------------------- seeding
