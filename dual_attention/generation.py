@@ -5,9 +5,11 @@ A model usable here provides ``forward(idx, *, kv_cache=None, input_pos=None, ke
 With the cache, the prompt is run once (prefill) and each new token costs one single-position step; without it
 (or past ``block_size``) the last ``block_size`` tokens are re-run for every token, as the published package did.
 
-The cache buffers are preallocated and every decoding step has the same shapes, so ``compile_decoding=True`` runs
-the step through ``torch.compile`` (one graph, no graph breaks, compiled once per model and batch shape and reused
-by later calls): on a CPU it removes most of the per-step overhead of small models (``docs/performance.md``).
+The language models decode through :class:`~dual_attention.fast_decode.FastDecoder`: per generated token a few
+fused matrix products per layer, no mask building, validation or host synchronisation, preallocated buffers. Every
+step has the same shapes, so ``compile=True`` runs it through ``torch.compile`` (one graph, compiled once per model
+and batch shape and reused by later calls; the first call pays the compilation, reported by
+``dat generate --compile``). ``docs/performance.md`` has the measurements.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor
+
+from dual_attention import fast_decode
 
 
 def sample_next_token(
@@ -61,13 +65,15 @@ def _check_prompt(idx: Tensor, max_new_tokens: int) -> None:
 
 
 def _decode_step(model, token: Tensor, cache, input_pos: Tensor, key_padding_mask: Tensor | None) -> Tensor:
-    """One cached decoding step: logits ``(B, V)`` of the token ``(B, 1)`` at position ``input_pos (1,)``."""
+    """One cached decoding step through the model's forward: logits ``(B, V)`` of ``token (B, 1)`` at ``input_pos``.
+
+    Used for the models :mod:`dual_attention.fast_decode` does not serve."""
     logits, _ = model(token, kv_cache=cache, input_pos=input_pos, key_padding_mask=key_padding_mask)
     return logits[:, -1]
 
 
 _compiled_decode_step = None
-#: with ``compile_decoding`` the cache length is rounded up to a multiple of this (fewer recompilations)
+#: with ``compile`` the cache length is rounded up to a multiple of this (fewer recompilations)
 _COMPILED_LENGTH_MULTIPLE = 128
 
 
@@ -83,6 +89,34 @@ def compiled_decode_step():
     return _compiled_decode_step
 
 
+def _cached_stepper(model, idx: Tensor, max_new_tokens: int, key_padding_mask: Tensor | None, compile: bool):
+    """Prefill the cache with the prompt; return ``(logits of the last prompt token, step, cache length)``.
+
+    ``step(token (B,), pos)`` returns the logits after ``token`` at position ``pos``: the fused step of
+    :class:`~dual_attention.fast_decode.FastDecoder` where it serves the model (its weights fused here, once per
+    call), else the model's own cached forward; through ``torch.compile`` with ``compile``.
+    """
+    b, t = idx.shape
+    max_len = t + max_new_tokens
+    if compile:  # round the cache up, so that other lengths reuse the compiled step
+        max_len = -(-max_len // _COMPILED_LENGTH_MULTIPLE) * _COMPILED_LENGTH_MULTIPLE
+    max_len = min(model.block_size, max_len)
+    param = next(model.parameters())
+    cache = model.init_kv_cache(b, max_len, device=idx.device, dtype=param.dtype)
+    full_pad = None
+    if key_padding_mask is not None:
+        full_pad = torch.ones(b, max_len, dtype=torch.bool, device=idx.device)
+        full_pad[:, :t] = key_padding_mask
+    logits, _ = model(idx, kv_cache=cache, input_pos=torch.arange(t, device=idx.device), key_padding_mask=full_pad)
+    if fast_decode.supported(model) and not torch.is_autocast_enabled(idx.device.type):
+        decoder = fast_decode.FastDecoder(model, cache, t, full_pad)
+        fast_step = fast_decode.compiled_step() if compile else fast_decode.FastDecoder.step
+        return logits[:, -1], lambda token, pos: fast_step(decoder, token), max_len
+    model_step = compiled_decode_step() if compile else _decode_step
+    return logits[:, -1], lambda token, pos: model_step(model, token[:, None], cache,
+                                                         torch.tensor([pos], device=idx.device), full_pad), max_len
+
+
 @torch.no_grad()
 def stream_generate(
     model,
@@ -95,13 +129,13 @@ def stream_generate(
     use_cache: bool = True,
     generator: torch.Generator | None = None,
     key_padding_mask: Tensor | None = None,
-    compile_decoding: bool = False,
+    compile: bool = False,
 ) -> Iterator[Tensor]:
     """Yield one new token per row ``(B,)`` per step, up to ``max_new_tokens`` or until every row hit EOS.
 
     Rows that already produced ``eos_token_id`` keep yielding it. ``key_padding_mask (B, T)`` marks real prompt
-    tokens (True) for left-padded batches of prompts. ``compile_decoding`` compiles the cached one-token step
-    (see the module docstring); it changes no result beyond float rounding.
+    tokens (True) for left-padded batches of prompts. ``compile`` compiles the cached one-token step (see the
+    module docstring); it changes no result beyond float rounding.
     """
     _check_prompt(idx, max_new_tokens)
     if max_new_tokens == 0:
@@ -113,25 +147,17 @@ def stream_generate(
         key_padding_mask = None if key_padding_mask is None else key_padding_mask[:, -block_size:]
         t = block_size
     done = torch.zeros(b, dtype=torch.bool, device=idx.device)
-    cached = use_cache and getattr(model, "supports_kv_cache", False)
-    seq, pad = idx, key_padding_mask
-    if cached:
-        max_len = t + max_new_tokens
-        if compile_decoding:  # round the cache up, so that other lengths reuse the compiled step
-            max_len = -(-max_len // _COMPILED_LENGTH_MULTIPLE) * _COMPILED_LENGTH_MULTIPLE
-        max_len = min(block_size, max_len)
-        param = next(model.parameters())
-        cache = model.init_kv_cache(b, max_len, device=idx.device, dtype=param.dtype)
-        full_pad = None
-        if key_padding_mask is not None:
-            full_pad = torch.ones(b, max_len, dtype=torch.bool, device=idx.device)
-            full_pad[:, :t] = key_padding_mask
-        logits, _ = model(idx, kv_cache=cache, input_pos=torch.arange(t, device=idx.device),
-                          key_padding_mask=full_pad)
+    seq = idx.new_empty(b, t + max_new_tokens)  # the prompt and every token generated so far, preallocated
+    seq[:, :t] = idx
+    pad = None
+    if key_padding_mask is not None:
+        pad = torch.ones(b, t + max_new_tokens, dtype=torch.bool, device=idx.device)
+        pad[:, :t] = key_padding_mask
+    max_len = 0  # cached positions: none without the cache
+    if use_cache and getattr(model, "supports_kv_cache", False):
+        logits, step, max_len = _cached_stepper(model, idx, max_new_tokens, key_padding_mask, compile)
     else:
-        logits, _ = model(idx, key_padding_mask=key_padding_mask)
-    step_fn = compiled_decode_step() if cached and compile_decoding else _decode_step
-    logits = logits[:, -1]
+        logits = model(idx, key_padding_mask=key_padding_mask)[0][:, -1]
     for i in range(max_new_tokens):
         token = sample_next_token(logits, temperature, top_k, top_p, generator)
         if eos_token_id is not None:
@@ -140,15 +166,14 @@ def stream_generate(
         yield token
         if i == max_new_tokens - 1 or (eos_token_id is not None and bool(done.all())):
             return
-        seq = torch.cat([seq, token[:, None]], dim=1)
-        if pad is not None:
-            pad = torch.cat([pad, torch.ones(b, 1, dtype=torch.bool, device=pad.device)], dim=1)
-        pos = seq.shape[1] - 1
-        if cached and pos < max_len:
-            logits = step_fn(model, token[:, None], cache, torch.tensor([pos], device=idx.device), full_pad)
+        pos = t + i
+        seq[:, pos] = token
+        if pos < max_len:
+            logits = step(token, pos)
         else:  # no cache, or the context is full: re-run the last block_size tokens
-            window = seq[:, -block_size:]
-            logits = model(window, key_padding_mask=None if pad is None else pad[:, -block_size:])[0][:, -1]
+            start = max(0, pos + 1 - block_size)
+            window_pad = None if pad is None else pad[:, start:pos + 1]
+            logits = model(seq[:, start:pos + 1], key_padding_mask=window_pad)[0][:, -1]
 
 
 @torch.no_grad()

@@ -215,17 +215,17 @@ class _LanguageModel(nn.Module):
         use_cache: bool = True,
         generator: torch.Generator | None = None,
         key_padding_mask: Tensor | None = None,
-        compile_decoding: bool = False,
+        compile: bool = False,
     ) -> Tensor:
         """Continue ``idx (B, T)`` by ``max_new_tokens`` tokens → ``(B, T + new)``.
 
         ``temperature=0`` is greedy; ``top_k``/``top_p`` restrict sampling; generation stops early once every row
-        has emitted ``eos_token_id``. Uses the KV cache unless ``use_cache=False``; ``compile_decoding`` runs the
+        has emitted ``eos_token_id``. Uses the KV cache unless ``use_cache=False``; ``compile=True`` runs the
         cached step through ``torch.compile`` (see :mod:`dual_attention.generation`).
         """
         return _generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                          eos_token_id=eos_token_id, use_cache=use_cache, generator=generator,
-                         key_padding_mask=key_padding_mask, compile_decoding=compile_decoding)
+                         key_padding_mask=key_padding_mask, compile=compile)
 
     # ------------------------------------------------------------------------------------------------ counting
     def get_num_params(self, non_embedding: bool = True) -> int:

@@ -97,13 +97,13 @@ def test_compiled_decoding_equals_eager(make_dat_lm):
 
 @pytest.mark.slow
 def test_inductor_generation_equals_eager(make_dat_lm):
-    """``generate(compile_decoding=True)``: Inductor-compiled steps give the eager greedy tokens."""
+    """``generate(compile=True)``: Inductor-compiled steps give the eager greedy tokens."""
     model = make_dat_lm(max_block_size=40).eval()
     prompt = torch.randint(0, model.vocab_size, (2, 18))
     eager = generate(model, prompt, 10, temperature=0.0)
-    compiled = generate(model, prompt, 10, temperature=0.0, compile_decoding=True)
+    compiled = generate(model, prompt, 10, temperature=0.0, compile=True)
     assert torch.equal(compiled, eager)
-    again = model.generate(prompt[:, :15], 12, temperature=0.0, compile_decoding=True)  # same cache length
+    again = model.generate(prompt[:, :15], 12, temperature=0.0, compile=True)  # same cache length
     assert torch.equal(again, generate(model, prompt[:, :15], 12, temperature=0.0))
 
 
