@@ -12,8 +12,9 @@ its state dict), the fused matrices that make this a handful of operators per la
 
 * ``W_in``: every projection of the attention input stacked, the attention scale folded into the queries and
   ``rel_scale`` into the relation queries; RoPE is one product with the position's rotation matrix for all heads.
-* Symbols: symbolic attention ``v = W_s concat_h softmax(q_h F_hᵀ·c) S_h`` becomes ``softmax(h G + g) (S W_s)``,
-  with ``G = W_qᵀ F_hᵀ·c`` and the library already projected (``S W_s``): two products. Positional symbols are a
+* Symbols: symbolic attention ``v = W_s concat_h softmax(q_h F_hᵀ·c) S_h`` becomes ``softmax_h(q_h F_hᵀ·c) (S W_s)``
+  with the library already projected (``S W_s``, one product for all heads). (Folding ``W_q`` into ``F`` too would
+  save one product but read 4× the weights per step, which is what a batch-1 step is bound by.) Positional symbols are a
   table ``E W_sᵀ`` read at p; position-relative symbols the table ``T W_sᵀ`` read at ``clip(j − p, −M, M)``.
 * ``W_out``: SA's and RA's output projections side by side, with RA's ``W_o · W_r`` folded in, so the relation
   readout needs no per-head product.
@@ -92,8 +93,8 @@ class _Layer:
     n_ra_heads: int  # RA query heads
     rep: int  # query heads per cached key head
     symbols: str | None  # None (no RA), "symbolic", "positional", "relative"
-    sym_w: Tensor | None  # symbolic: G (d, n_sym_heads·N); positional: table (L_E, K·D); relative: (K, 2M+1, D)
-    sym_b: Tensor | None  # symbolic: g (n_sym_heads·N,)
+    sym_w: object  # symbolic: (W_qᵀ, b_q, F_hᵀ·c (h, dh, N)); positional: table (L_E, K·D); relative: (K, 2M+1, D)
+    sym_b: Tensor | None  # unused (None)
     sym_v: Tensor | None  # symbolic: S W_s (n_sym_heads·N, K·D)
     sym_vb: Tensor | None  # symbolic: W_s's bias (K·D,)
     n_sym_heads: int
@@ -173,13 +174,11 @@ def _symbol_weights(retriever: nn.Module, ra: RelationalAttention, rep: int) -> 
                                                                                       ra.head_dim, rep)
     if isinstance(retriever, SymbolicAttention):
         nh, dh, n = retriever.n_heads, retriever.head_dim, retriever.n_symbols
-        feats = retriever.template_features.view(n, nh, dh)  # (N, h, dh)
-        wq = retriever.q_proj.weight.view(nh, dh, -1)  # (h, dh, d)
-        g = torch.einsum("hcd,nhc->dhn", wq, feats).reshape(wq.shape[-1], nh * n) * retriever.attn_scale
-        g_b = torch.einsum("hc,nhc->hn", retriever.q_proj.bias.view(nh, dh), feats).reshape(-1) * retriever.attn_scale
+        feats = retriever.template_features.view(n, nh, dh).permute(1, 2, 0) * retriever.attn_scale  # (h, dh, N)
         lib = retriever.symbol_library.view(n, nh, dh)  # (N, h, dh)
         sym_v = torch.einsum("nhc,khc->hnk", lib, wv.view(-1, nh, dh)).reshape(nh * n, -1)  # (h·N, K·D): S_h W_s,h
-        return "symbolic", g.contiguous(), g_b, sym_v.contiguous(), bv, nh
+        q = retriever.q_proj
+        return "symbolic", (q.weight.t().contiguous(), q.bias, feats.contiguous()), None, sym_v.contiguous(), bv, nh
     if isinstance(retriever, PositionalSymbolRetriever):
         return "positional", F.linear(retriever.symbol_library.weight, wv, bv), None, None, None, 0  # (L_E, K·D)
     table = F.linear(retriever.rel_pos_enc.rel_pos_embeddings, wv, bv)  # (2M+1, K·D)
@@ -301,10 +300,11 @@ def _prepare_layer(block: nn.Module, retriever: nn.Module | None, cache: nn.Modu
 
 def _symbol_values(layer: _Layer, h: Tensor, pos: Tensor) -> Tensor:
     """RA's per-token symbol values ``W_s s`` of the new token, ``(B, K·D)``."""
-    if layer.symbols == "symbolic":
-        logits = torch.addmm(layer.sym_b, h, layer.sym_w).view(h.shape[0], layer.n_sym_heads, -1)  # (B, h, N)
-        weights = torch.softmax(logits, dim=-1).view(h.shape[0], -1)  # (B, h·N)
-        return torch.addmm(layer.sym_vb, weights, layer.sym_v)
+    if layer.symbols == "symbolic":  # q = W_q h (B, d) → per head against the scaled features (h, dh, N)
+        w_q, b_q, feats = layer.sym_w
+        q = torch.addmm(b_q, h, w_q).view(h.shape[0], layer.n_sym_heads, -1).transpose(0, 1)  # (h, B, dh)
+        weights = torch.softmax(torch.bmm(q, feats), dim=-1)  # (h, B, N)
+        return torch.addmm(layer.sym_vb, weights.transpose(0, 1).reshape(h.shape[0], -1), layer.sym_v)
     return layer.sym_w[pos].expand(h.shape[0], -1)  # positional: the table's row p
 
 

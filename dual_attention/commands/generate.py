@@ -23,6 +23,9 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 (default cpu)")
     p.add_argument("--no-cache", action="store_true", help="do not use the KV cache")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the cached decoding step with torch.compile (pays off on long generations; the "
+                   "compile time is reported on stderr)")
     p.set_defaults(func=run)
 
 
@@ -39,6 +42,7 @@ def _check(args, CLIError) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import sys
+    import time
 
     import torch
 
@@ -80,10 +84,15 @@ def run(args: argparse.Namespace) -> int:
     out.write(args.prompt)
     out.flush()
     dec = StreamDecoder(tok)
+    start = None
     try:
-        for token in stream_generate(model, idx, args.max_new_tokens, temperature=args.temperature,
+        for i, token in enumerate(stream_generate(model, idx, args.max_new_tokens, temperature=args.temperature,
                                      top_k=args.top_k, top_p=args.top_p, eos_token_id=tok.eos_token_id,
-                                     use_cache=not args.no_cache, generator=gen):
+                                     use_cache=not args.no_cache, generator=gen, compile=args.compile)):
+            if args.compile and i == 0:
+                start = time.perf_counter()
+            elif args.compile and i == 1:  # the first decoding step compiled (or reused a compiled) step
+                print(f"[decoding step compiled in {time.perf_counter() - start:.1f} s]", file=sys.stderr)
             t = int(token[0])
             if tok.eos_token_id is not None and t == tok.eos_token_id:
                 break
