@@ -259,7 +259,7 @@ def run_generation(args) -> list[dict]:
     model = build_lm("dat", args, args.prompt + args.new_tokens).eval()
     modes = {"cached": dict(use_cache=True)}
     if args.compile_decoding:
-        modes["cached+compiled"] = dict(use_cache=True, compile_decoding=True)
+        modes["cached+compiled"] = dict(use_cache=True, compile=True)
     modes["uncached"] = dict(use_cache=False)
     print("\n| batch | " + " | ".join(f"{m} tokens/s" for m in modes) + " | "
           + " | ".join(f"{m} speed-up" for m in modes if m != "uncached") + " | same tokens |")
@@ -271,7 +271,7 @@ def run_generation(args) -> list[dict]:
         prompt = torch.randint(0, VOCAB, (batch, args.prompt), generator=g).to(args.device)
         out, rates, warmup = {}, {}, {}
         for mode, kwargs in modes.items():
-            if "compile_decoding" in kwargs:  # compile (and cache the compiled step) outside the timing
+            if "compile" in kwargs:  # compile (and cache the compiled step) outside the timing
                 start = time.perf_counter()
                 with _autocast(args):
                     generate(model, prompt, args.new_tokens, temperature=0.0, **kwargs)
