@@ -51,7 +51,9 @@ def _time(fn, repeats: int) -> float:
 
 def attention_cases(n: int, args) -> dict:
     """name -> (step, FLOPs) for one attention call, forward + backward."""
-    from dual_attention.relational_functional import ra_fused
+    from dual_attention.attention_utils import AttentionMask
+    from dual_attention.relational_functional import RAProblem, ra_fused
+    from dual_attention.symbol_values import TokenValues
     from dual_attention.triton_ra import ra_triton
 
     dtype = getattr(torch, args.dtype)
@@ -60,10 +62,11 @@ def attention_cases(n: int, args) -> dict:
     q, k, v = t(b, HEADS_RA, n, D), t(b, HEADS_RA, n, D), t(b, HEADS_RA, n, D)
     q_rel, k_rel, wr = t(b, n, R, DR), t(b, n, R, DR), t(HEADS_RA, D, R)
     sq, sk, sv = t(b, 2 * HEADS_SA, n, D), t(b, 2 * HEADS_SA, n, D), t(b, 2 * HEADS_SA, n, D)
-    kw = dict(attn_scale=D ** -0.5, rel_scale=DR ** -0.5, is_causal=True)
+    problem = RAProblem(q, k, q_rel, k_rel, TokenValues(v), wr, mask=AttentionMask(None, True),
+                        attn_scale=D ** -0.5, rel_scale=DR ** -0.5)
 
     def ra(fn):
-        return lambda: fn(q, k, q_rel, k_rel, v, wr, **kw).sum().backward()
+        return lambda: fn(problem).sum().backward()
 
     def sa():
         F.scaled_dot_product_attention(sq, sk, sv, is_causal=True).sum().backward()

@@ -391,7 +391,8 @@ def test_cuda_fused_matches_plain():
     for kv in (None, 1):
         layer = RelationalAttention(D_MODEL, N_HEADS, total_n_heads=TOTAL, n_kv_heads=kv).cuda()
         x, s = torch.randn(2, 33, D_MODEL, device="cuda"), torch.randn(2, 33, D_MODEL, device="cuda")
-        assert rf.resolve_implementation("auto", layer.project(x, s), need_weights=False, decoding=False) == "fused"
+        chosen = rf.resolve_implementation("auto", layer.project(x, s), need_weights=False, decoding=False)
+        assert chosen in ("fused", "triton")  # 'triton' where Triton is installed
         fast = layer(x, s, is_causal=True, need_weights=False)[0]
         layer.implementation = "plain"
         torch.testing.assert_close(fast, layer(x, s, is_causal=True)[0], rtol=1e-4, atol=1e-5)
