@@ -1,7 +1,9 @@
 """Named training presets: the paper's language-model sizes and tiny CPU configurations.
 
 Each preset is a nested dict of overrides on the :class:`~dual_attention.training.config.Config`
-defaults; ``configs/<name>.yaml`` in the repository holds the same values (a test keeps them equal).
+defaults, and this module is their only definition. A preset as a file to edit is one command away:
+``dat train <name> --print-config > my.yaml`` writes the full resolved config, and a YAML file with
+``base: <name>`` and only the keys to change starts from the preset.
 
 The paper's language models (Altabaa & Lafferty, arXiv:2405.16727, FineWeb-Edu, GPT-2 tokenizer, context
 1024) come in three widths of 24 layers each. DAT splits the heads evenly between self-attention and
