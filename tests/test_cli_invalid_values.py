@@ -89,6 +89,8 @@ BAD_CONFIG: dict[str, list[str]] = {
     "train.eval_batch_size": ["0"],
     "train.log_interval": ["0"],
     "train.checkpoint_interval": ["-1"],
+    "train.mc_eval_file": ["no-such-task.jsonl"],
+    "train.mc_eval_limit": ["0"],
     "train.seed": ["-1", "x"],
     "train.device": ["tpu", "cuda:99", "cpu:x"],
     "train.dtype": ["float8"],
@@ -204,7 +206,7 @@ def test_train_flags(capsys, run, tmp_path):
 def test_eval_flags(capsys, run, tmp_path):
     ok = ["eval", run, "--data", "synthetic"]
     cases = [
-        (["eval", run], "required: --data"),
+        (["eval", run], "one of --data (a data file) or --tasks"),
         ([*ok, "--batch-size", "0"], "--batch-size"),
         ([*ok, "--batch-size", "x"], "invalid int value"),
         ([*ok, "--max-batches", "0"], "--max-batches"),

@@ -102,7 +102,7 @@ def test_bad_mc_files_and_families(tmp_path, capsys):
         (["lm-tiny-dat", f"--train.mc_eval_file={tmp_path / 'none.jsonl'}"], "none.jsonl' does not exist"),
         (["lm-tiny-dat", f"--train.mc_eval_file={tmp_path / 'bad.jsonl'}"], "bad.jsonl:2: expected a JSON object"),
         (["lm-tiny-dat", f"--train.mc_eval_file={tmp_path / 'label.jsonl'}"], "label 2 is not an index"),
-        (["lm-tiny-dat", f"--train.mc_eval_file={mc}", "--train.mc_eval_limit=0"], "mc_eval_limit must be >= 1"),
+        (["lm-tiny-dat", f"--train.mc_eval_file={mc}", "--train.mc_eval_limit=0"], "mc_eval_limit must be > 0"),
         (["vision-tiny-dat", f"--train.mc_eval_file={mc}"], "needs a language model, not model.family='vision'"),
     ]
     for argv, fragment in cases:

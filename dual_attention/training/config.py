@@ -411,7 +411,7 @@ RANGES: dict[str, str] = {
     "optim.warmup_iters": ">= 0",
     "optim.lr_decay_iters": "> 0",
     **{f"train.{k}": "> 0" for k in ("max_iters", "batch_size", "grad_accum_steps", "eval_iters",
-                                      "eval_batch_size", "log_interval")},
+                                      "eval_batch_size", "log_interval", "mc_eval_limit")},
     "train.eval_interval": ">= 0",
     "train.checkpoint_interval": ">= 0",
     "train.seed": ">= 0",

@@ -101,10 +101,7 @@ def make_mc_eval(cfg: Config, tokenizer, device: torch.device) -> Callable | Non
         return None
     if cfg.model.family != "lm":
         raise ConfigError(f"train.mc_eval_file needs a language model, not model.family={cfg.model.family!r}")
-    limit = cfg.train.mc_eval_limit
-    if limit is not None and limit < 1:
-        raise ConfigError(f"config key train.mc_eval_limit must be >= 1 (or null for all), got {limit!r}")
-    examples = load_mc_examples(path, limit)
+    examples = load_mc_examples(path, cfg.train.mc_eval_limit)  # the limit's range: validate_config
     batch = cfg.train.eval_batch_size or cfg.train.batch_size
 
     def hook(model, autocast) -> dict[str, float]:  # called with the model in eval mode
