@@ -54,16 +54,24 @@ def _attentions(block: nn.Module) -> tuple[Attention | None, RelationalAttention
     return getattr(dual, "self_attention", None), getattr(dual, "relational_attention", None)
 
 
+def _retrievers(model: nn.Module) -> list:
+    """Each block's symbol retriever (None for a Transformer or a symbol-less model, whose list is empty)."""
+    return list(getattr(model.layers, "symbol_retrievers", None) or [None] * len(model.layers.blocks))
+
+
 def supported(model: nn.Module) -> bool:
     """Whether :class:`FastDecoder` can decode ``model`` (else generation uses the model's own cached forward)."""
     blocks = getattr(getattr(model, "layers", None), "blocks", None)
     if blocks is None or not getattr(model, "supports_kv_cache", False):
         return False
+    if not getattr(model, "update_symbols_each_layer", True):  # persistent symbols: retrieved once, not per layer
+        return False
     if any(isinstance(m, nn.Dropout) and m.p > 0 and m.training for m in model.modules()):
         return False
-    retrievers = getattr(model.layers, "symbol_retrievers", [None] * len(blocks))
-    for block, retriever in zip(blocks, retrievers):
+    for block, retriever in zip(blocks, _retrievers(model), strict=True):
         sa, ra = _attentions(block)
+        if sa is None and ra is None:  # a layer of another kind (e.g. Hadamard dual attention)
+            return False
         if ra is not None:
             if type(ra) is not RelationalAttention or ra.rel_activation_name != "identity":
                 return False
@@ -229,9 +237,8 @@ class FastDecoder:
         self.mask = mask  # (B, L): additive, 0 where a key may be attended; a step opens its own position
         self.pos = torch.full((1,), prompt_len, dtype=torch.long, device=param.device)
         self.key_positions = torch.arange(max_len, device=param.device)
-        retrievers = getattr(model.layers, "symbol_retrievers", [None] * len(model.layers.blocks))
         self.layers = [_prepare_layer(block, retriever, layer_cache, model.d_model)
-                       for block, retriever, layer_cache in zip(model.layers.blocks, retrievers, cache)]
+                       for block, retriever, layer_cache in zip(model.layers.blocks, _retrievers(model), cache)]
         relative = [layer.sym_w for layer in self.layers if layer.symbols == "relative"]
         self.max_rel = (relative[0].shape[1] - 1) // 2 if relative else 0
         for layer in self.layers:

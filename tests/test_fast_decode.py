@@ -158,6 +158,19 @@ def test_unsupported_models_decode_through_their_forward(make_dat_lm):
     assert not fast_decode.supported(model_with_dropout)
 
 
+@pytest.mark.parametrize("overrides", [
+    dict(ra_type="hadamard"),  # a layer the fused step does not know
+    dict(ra_type="hadamard", symbol_retrieval=None, symbol_retrieval_kwargs=None),  # and no retriever list at all
+    dict(update_symbols_each_layer=False),  # symbols retrieved once from the embeddings, not from each layer
+])
+def test_other_layer_kinds_and_persistent_symbols_are_not_fused(make_dat_lm, overrides):
+    model = make_dat_lm(max_block_size=BLOCK, **overrides).eval()
+    assert not fast_decode.supported(model)
+    prompt = torch.randint(0, model.vocab_size, (2, 7))
+    assert torch.equal(generate(model, prompt, 10, temperature=0.0),
+                       generate(model, prompt, 10, temperature=0.0, use_cache=False))
+
+
 def test_generation_leaves_the_model_unchanged(make_dat_lm):
     model = _dat(make_dat_lm, "symbolic_attention", dtype=torch.float32)
     before = {k: v.clone() for k, v in model.state_dict().items()}
