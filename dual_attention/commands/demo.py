@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 HELP = "relational games as the paper ran them: Transformer vs DAT (and baselines), in and out of distribution"
@@ -166,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
                           threads=threads, progress=not args.no_progress,
                           log=lambda s: print(s, file=sys.stderr, flush=True))
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # we are leaving: a further Ctrl-C must not cut this short
         print(f"dat demo: interrupted; the finished runs are in {out}/results.json", file=sys.stderr, flush=True)
         return 130
     except (ValueError, TypeError) as e:
