@@ -331,7 +331,7 @@ def plot_learning_curves(summary: Sequence[dict], path: str | Path, title: str |
 
     tasks = sorted({r["task"] for r in summary}, key=lambda t: PAPER_TASKS.index(t) if t in PAPER_TASKS else 99)
     models = [k for k in VARIANTS if any(r["model"] == k for r in summary)]
-    fig, axes = plt.subplots(len(SPLITS), len(tasks), figsize=(1.5 + 3.6 * len(tasks), 8.4), dpi=110,
+    fig, axes = plt.subplots(len(SPLITS), len(tasks), figsize=(max(7.5, 1.5 + 3.6 * len(tasks)), 8.8), dpi=110,
                              squeeze=False, sharey=True)
     for j, task in enumerate(tasks):
         sizes = sorted({r["n_train"] for r in summary if r["task"] == task})
@@ -349,12 +349,17 @@ def plot_learning_curves(summary: Sequence[dict], path: str | Path, title: str |
                 ax.plot(xs, mu, "o-", color=c, lw=1.6, ms=3.5, label=VARIANTS[m].label)
                 ax.fill_between(xs, [a - b for a, b in zip(mu, sd)], [a + b for a, b in zip(mu, sd)], color=c,
                                 alpha=0.15)
+                shift = 1.0 + 0.03 * (models.index(m) - (len(models) - 1) / 2)  # seeds side by side per model
+                ax.plot([r["n_train"] * shift for r in rows for _ in r["accs"]], [a for r in rows for a in r["accs"]],
+                        ".", color=c, ms=4, alpha=0.7, ls="none")
                 if split == "in_distribution":
                     pts = [(n, PAPER_RESULTS[(task, n)][m]) for n in sizes if m in PAPER_RESULTS.get((task, n), {})]
                     if pts:
                         ax.plot(*zip(*pts), "*", ms=11, mfc="none", mec=c, mew=1.3, ls="none")
+            ax.set_xscale("log")
             ax.set_xticks(sizes)
             ax.set_xticklabels([f"{n:,}" for n in sizes], fontsize=7)
+            ax.minorticks_off()
             ax.axhline(0.5, color="k", lw=0.6, ls=":")
             ax.set_ylim(0.4, 1.02)
             ax.grid(alpha=0.3)
@@ -367,11 +372,12 @@ def plot_learning_curves(summary: Sequence[dict], path: str | Path, title: str |
     handles, labels = axes[0, 0].get_legend_handles_labels()
     from matplotlib.lines import Line2D
 
-    handles.append(Line2D([], [], marker="*", ms=11, mfc="none", mec="k", ls="none"))
-    labels.append("paper (5 trials)")
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    handles += [Line2D([], [], marker=".", ms=6, color="k", alpha=0.7, ls="none"),
+                Line2D([], [], marker="*", ms=11, mfc="none", mec="k", ls="none")]
+    labels += ["one seed", "paper (in distribution, 5 trials)"]
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=8, frameon=False)
     fig.suptitle(title or "Relational games: accuracy vs training-set size (mean ± std over seeds)", fontsize=10)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.tight_layout(rect=(0, 0.09, 1, 1))
     return save_figure(fig, path)
 
 
@@ -480,9 +486,9 @@ def run_grid(
         except ImportError:
             say("matplotlib is not installed (pip install 'dual_attention[plot]'): no learning_curves.png")
         else:
-            title = (f"Relational games, authors' protocol ({settings.epochs} epochs, batch {settings.batch_size}, "
-                     f"Adam {settings.learning_rate:g}): accuracy vs training images, mean ± std over "
-                     f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}")
+            title = (f"Relational games: accuracy vs training images (mean ± std over {len(seeds)} "
+                     f"seed{'s' if len(seeds) > 1 else ''})\nauthors' protocol: {settings.epochs} epochs, batch "
+                     f"{settings.batch_size}, Adam {settings.learning_rate:g}; trained on pentominoes")
             files["png"] = str(plot_learning_curves(summary, out / "learning_curves.png", title=title))
     say(f"{len(done)} runs in {elapsed_str(elapsed)}")
     return GridResult(runs=done, summary=summary, param_counts=counts, settings=settings, variants=variants,
