@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import csv
 import json
 import math
@@ -18,6 +17,7 @@ from typing import Any
 
 __all__ = [
     "mean_std",
+    "welch_t_test",
     "check_int_list",
     "check_choices",
     "write_json",
@@ -40,6 +40,65 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     if n == 1:
         return m, 0.0
     return m, math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
+
+
+def welch_t_test(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Welch's unequal-variance t-test of mean(a) vs mean(b): ``(t, two-sided p)``; needs >= 2 values each.
+
+    t = (m_a - m_b) / sqrt(v_a/n_a + v_b/n_b) with sample variances v; Welch-Satterthwaite degrees of freedom
+    nu = (v_a/n_a + v_b/n_b)^2 / ((v_a/n_a)^2/(n_a-1) + (v_b/n_b)^2/(n_b-1)); p = 2 * P(T_nu > |t|) from the
+    regularised incomplete beta function, P(T_nu > |t|) = I_{nu/(nu+t^2)}(nu/2, 1/2) / 2 (scipy's ``betainc``
+    when scipy is installed, else a continued fraction). Both samples constant: t = 0, p = 1 if the means are
+    equal, else t = ±inf, p = 0.
+    """
+    na, nb = len(a), len(b)
+    if na < 2 or nb < 2:
+        raise ValueError(f"welch_t_test needs >= 2 values per sample, got {na} and {nb}")
+    ma, va = mean_std(a)
+    mb, vb = mean_std(b)
+    sa, sb = va**2 / na, vb**2 / nb
+    if sa + sb == 0.0:
+        return (0.0, 1.0) if ma == mb else (math.copysign(math.inf, ma - mb), 0.0)
+    t = (ma - mb) / math.sqrt(sa + sb)
+    nu = (sa + sb) ** 2 / (sa**2 / (na - 1) + sb**2 / (nb - 1))
+    return t, min(1.0, _betainc(nu / 2, 0.5, nu / (nu + t * t)))
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta I_x(a, b) (scipy if available, else Lentz's continued fraction)."""
+    try:
+        from scipy.special import betainc
+    except ImportError:
+        pass
+    else:
+        return float(betainc(a, b, x))
+    if x <= 0.0 or x >= 1.0:
+        return 0.0 if x <= 0.0 else 1.0
+    if x > (a + 1) / (a + b + 2):  # symmetry keeps the continued fraction convergent
+        return 1.0 - _betainc_cf(b, a, 1.0 - x)
+    return _betainc_cf(a, b, x)
+
+
+def _betainc_cf(a: float, b: float, x: float) -> float:
+    front = math.exp(a * math.log(x) + b * math.log1p(-x) - (math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b))) / a
+    tiny = 1e-300
+    f, c, d = 1.0, 1.0, 0.0
+    for i in range(400):
+        m = i // 2
+        if i == 0:
+            num = 1.0
+        elif i % 2 == 0:
+            num = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
+        else:
+            num = -((a + m) * (a + b + m) * x) / ((a + 2 * m) * (a + 2 * m + 1))
+        d = 1.0 + num * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + num / c
+        c = c if abs(c) > tiny else tiny
+        f *= c * d
+        if abs(1.0 - c * d) < 1e-14:
+            break
+    return front * (f - 1.0)
 
 
 def check_int_list(name: str, values: Iterable[Any], minimum: int, unique: bool = True) -> list[int]:
@@ -132,9 +191,19 @@ def torch_threads(n: int | None):
 
 
 def _init_worker(threads: int) -> None:
+    import signal
+
     import torch
 
     torch.set_num_threads(threads)
+    # Ctrl-C reaches the whole process group: the parent alone handles it (and terminates the workers), so the
+    # workers neither print tracebacks nor hold up the exit
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _call(task: tuple) -> tuple[int, dict]:
+    fn, i, job = task
+    return i, fn(*job)
 
 
 def run_jobs(
@@ -153,8 +222,12 @@ def run_jobs(
     Each job runs with ``threads`` torch threads: small models train fastest with one thread per process
     and one process per core (intra-op threads only add synchronisation at these sizes). ``on_result``
     is called in this process after every finished job (e.g. to save partial results); results come back
-    in the order of ``jobs``. A tqdm bar counts finished jobs.
+    in the order of ``jobs``. A tqdm bar counts finished jobs. On Ctrl-C (``KeyboardInterrupt``) the pool's
+    workers, which ignore SIGINT, are terminated at once and the interrupt is re-raised; a second Ctrl-C during
+    that clean-up is ignored.
     """
+    import signal
+
     from tqdm.auto import tqdm
 
     results: list[dict | None] = [None] * len(jobs)
@@ -175,17 +248,20 @@ def run_jobs(
                 for i, job in enumerate(jobs):
                     done(i, fn(*job))
         else:
-            ctx = mp.get_context("spawn")  # fork after torch's thread pools started can deadlock
-            ex = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                        initargs=(threads,))
+            pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(threads,))
             try:
-                futs = {ex.submit(fn, *job): i for i, job in enumerate(jobs)}
-                for fut in cf.as_completed(futs):
-                    done(futs[fut], fut.result())
+                for i, rec in pool.imap_unordered(_call, [(fn, i, job) for i, job in enumerate(jobs)]):
+                    done(i, rec)
+                pool.close()
+                pool.join()
             except BaseException:
-                ex.shutdown(wait=False, cancel_futures=True)
+                previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut clean-up
+                try:
+                    pool.terminate()
+                    pool.join()
+                finally:
+                    signal.signal(signal.SIGINT, previous)
                 raise
-            ex.shutdown(wait=True)
     finally:
         bar.close()
     return [r for r in results if r is not None]

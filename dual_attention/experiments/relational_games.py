@@ -1,32 +1,26 @@
-"""Relational Games: sample efficiency of the Vision Transformer vs the Vision Dual Attention Transformer.
+"""Relational Games as the paper ran them: sample efficiency in distribution, generalisation out of distribution.
 
-The first experiment of Altabaa & Lafferty (arXiv:2405.16727): on relational image tasks, a ViT with two
-self-attention (SA) heads per layer is compared with ViDAT models whose heads are split between
-self-attention and relational attention (RA), trained on a growing number of images. Every model has
-2 layers, ``d_model = 128``, 12 x 12 patches on 36 x 36 images (9 patches, one per object cell, plus the
-class token), and the DAT variants use positional symbols and symmetric relations:
+The first experiment of Altabaa & Lafferty (arXiv:2405.16727), with the authors' protocol: every model is trained
+on ``n`` pentomino images of one task and scored, as a final model, on held-out pentomino images
+(``in_distribution``) and on images of two object sets never seen in training (``hexominoes``, ``stripes``).
 
-    ViT             2 SA heads per layer                    (``arch='transformer'``)
-    DAT (1+1)       1 SA + 1 RA head per layer              (``arch='dat'``)
-    DAT (0+2)       0 SA + 2 RA heads per layer             (``arch='dat'``)
+Models (:data:`VARIANTS`), all on the same 12 x 12 patch embedding (one patch per object cell), mean pooling:
 
-RA head h of a layer computes, for token i, ``sum_j softmax_j(<W_q^a x_i, W_k^a x_j>/sqrt(d)) (r(x_i, x_j) W_r + s_j)
-W_o`` with relations ``r_l(x_i, x_j) = <W_q^l x_i, W_k^l x_j>`` (``W_q^l = W_k^l`` with symmetric relations)
-and symbols ``s_j`` = a learned vector per position (positional symbols).
+    vit            Transformer, 2 layers x 2 SA heads, d_model 144, dff 288 (parameter-matched, as in the paper)
+    dat-sa1-ra1    DAT, 2 layers x (1 SA + 1 RA) heads, d_model 128, dff 256, positional symbols, symmetric rels
+    dat-sa0-ra2    DAT, 2 layers x (0 SA + 2 RA) heads, otherwise as above
+    predinet, corelnet, abstractor     the paper's relational baselines (:mod:`dual_attention.relational_baselines`)
 
-Every run of the grid ``task x training-set size x seed x model`` is trained with
-:func:`dual_attention.training.trainer.train` on in-memory data from
-:func:`dual_attention.data.relational_games.make_dataset`, with the *same* optimizer, schedule, batch size
-and number of steps for every model, and evaluated once, at the end, on a held-out test set of the same
-seed (the test images of a seed are the same for every size and model). :func:`run_grid` returns a
-:class:`GridResult` and writes ``results.json``, ``results.csv`` and ``learning_curves.png``.
+Protocol (:class:`DemoSettings`, the authors'): SwiGLU, dropout 0.1, pre-norm; Adam, lr 1e-3 constant, betas
+(0.9, 0.99), no weight decay, no gradient clipping; batch 512, 50 epochs, no early stopping; the final model is
+tested. A seed fixes the training images, the shuffling and the initial weights; the test images depend on the
+task only (the same for every seed, size and model).
 
 Example::
 
-    from dual_attention.experiments.relational_games import DemoSettings, run_grid
+    from dual_attention.experiments.relational_games import run_grid
 
-    res = run_grid(["xoccurs"], sizes=[250, 1000], seeds=[0, 1], settings=DemoSettings(steps=300),
-                   out_dir="results/demo")
+    res = run_grid(["same"], sizes=[250, 2500], seeds=[0, 1], variants=["vit", "dat-sa0-ra2"], out_dir="results/rg")
     print(res.table())
 """
 
@@ -49,6 +43,7 @@ from dual_attention.experiments._common import (
     mean_std,
     run_jobs,
     save_figure,
+    welch_t_test,
     write_csv,
     write_json,
 )
@@ -56,21 +51,23 @@ from dual_attention.experiments._common import (
 __all__ = [
     "Variant",
     "VARIANTS",
+    "SPLITS",
     "PAPER_RESULTS",
     "DemoSettings",
     "DEFAULT_TASKS",
     "DEFAULT_SIZES",
     "DEFAULT_SEEDS",
+    "DEFAULT_VARIANTS",
     "PAPER_TASKS",
     "PAPER_SIZES",
     "PAPER_SEEDS",
-    "paper_settings",
-    "train_config",
+    "build_model",
     "parameter_counts",
+    "train_model",
+    "evaluate",
     "run_one",
     "summarize",
     "format_table",
-    "format_param_counts",
     "plot_learning_curves",
     "GridResult",
     "run_grid",
@@ -80,317 +77,307 @@ __all__ = [
 IMAGE_SHAPE = (3, 36, 36)
 PATCH_SIZE = (12, 12)
 N_CLASSES = 2
+SPLITS: tuple[str, ...] = ("in_distribution", "hexominoes", "stripes")
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One compared model: the architecture and its heads per layer."""
+    """One compared model: its key, its label in tables and plots, and its kind."""
 
     key: str
     label: str
-    arch: str
-    n_heads_sa: int
-    n_heads_ra: int
+    kind: str  # 'transformer', 'dat' or a baseline name
+    n_heads_sa: int = 0
+    n_heads_ra: int = 0
 
 
-#: the paper's three models, by key
 VARIANTS: dict[str, Variant] = {
-    "vit": Variant("vit", "ViT (2 SA)", "transformer", 2, 0),
+    "vit": Variant("vit", "Transformer", "transformer", 2, 0),
     "dat-sa1-ra1": Variant("dat-sa1-ra1", "DAT (1 SA + 1 RA)", "dat", 1, 1),
     "dat-sa0-ra2": Variant("dat-sa0-ra2", "DAT (0 SA + 2 RA)", "dat", 0, 2),
+    "predinet": Variant("predinet", "PrediNet", "predinet"),
+    "corelnet": Variant("corelnet", "CoRelNet", "corelnet"),
+    "abstractor": Variant("abstractor", "Abstractor", "abstractor"),
 }
 
-#: test accuracy (%) reported in the paper (Altabaa & Lafferty, arXiv:2405.16727; mean over 5 seeds, their
-#: training budget), keyed by (task, number of training images) -> model key -> accuracy
+#: in-distribution test accuracy in the paper (Altabaa & Lafferty 2024, mean of 5 trials, the authors' protocol),
+#: ``(task, n_train) -> model key -> accuracy in [0, 1]``
 PAPER_RESULTS: dict[tuple[str, int], dict[str, float]] = {
-    ("match_pattern", 25_000): {"vit": 56.5, "dat-sa1-ra1": 85.5, "dat-sa0-ra2": 92.8},
-    ("xoccurs", 2_500): {"vit": 65.3, "dat-sa1-ra1": 87.3, "dat-sa0-ra2": 88.6},
+    ("same", 250): {"vit": .661, "dat-sa1-ra1": .639, "dat-sa0-ra2": .652},
+    ("same", 2500): {"vit": .948, "dat-sa1-ra1": .940, "dat-sa0-ra2": .926},
+    ("occurs", 250): {"vit": .535, "dat-sa1-ra1": .619, "dat-sa0-ra2": .632},
+    ("occurs", 2500): {"vit": .924, "dat-sa1-ra1": .929, "dat-sa0-ra2": .931},
+    ("xoccurs", 250): {"vit": .510, "dat-sa1-ra1": .522, "dat-sa0-ra2": .520},
+    ("xoccurs", 2500): {"vit": .670, "dat-sa1-ra1": .873, "dat-sa0-ra2": .886},
+    ("between", 250): {"vit": .588, "dat-sa1-ra1": .640, "dat-sa0-ra2": .614},
+    ("between", 2500): {"vit": .921, "dat-sa1-ra1": .938, "dat-sa0-ra2": .931},
+    ("match_pattern", 5000): {"vit": .515, "dat-sa1-ra1": .546, "dat-sa0-ra2": .528},
+    ("match_pattern", 15000): {"vit": .537, "dat-sa1-ra1": .740, "dat-sa0-ra2": .888},
+    ("match_pattern", 25000): {"vit": .618, "dat-sa1-ra1": .855, "dat-sa0-ra2": .928},
 }
+PAPER_SOURCE = "Altabaa & Lafferty, arXiv:2405.16727: in-distribution test accuracy, mean of 5 trials"
 
 DEFAULT_TASKS: tuple[str, ...] = ("xoccurs",)
-DEFAULT_SIZES: tuple[int, ...] = (1000, 2500, 5000)
-DEFAULT_SEEDS: tuple[int, ...] = (0, 1)
+DEFAULT_SIZES: tuple[int, ...] = (250, 2500)
+DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)
+DEFAULT_VARIANTS: tuple[str, ...] = ("vit", "dat-sa1-ra1", "dat-sa0-ra2")
 
-#: ``--paper``: the tasks with quoted paper numbers, more sizes (including the quoted ones), 5 seeds
-PAPER_TASKS: tuple[str, ...] = ("xoccurs", "match_pattern")
-PAPER_SIZES: tuple[int, ...] = (500, 1000, 2500, 5000, 10_000, 25_000)
+#: ``--paper``: the paper's grid (match_pattern on its own sizes)
+PAPER_TASKS: tuple[str, ...] = ("same", "occurs", "xoccurs", "between", "match_pattern")
+PAPER_SIZES: tuple[int, ...] = tuple(range(250, 2501, 250))
+PAPER_MATCH_PATTERN_SIZES: tuple[int, ...] = tuple(range(5000, 25001, 2500))
 PAPER_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
 
 
 @dataclass
 class DemoSettings:
-    """Architecture and training budget shared by every model of the grid (the comparison is fair by construction).
+    """Architecture and training protocol shared by every run (defaults: the authors' protocol)."""
 
-    The budget of a run is ``steps`` optimizer steps of ``batch_size`` images, or, with ``epochs`` set,
-    ``max(min_steps, ceil(epochs * n_train / batch_size))`` steps (then bigger training sets get more steps,
-    equally for every model). AdamW (betas 0.9/0.95, weight decay on matrices only), linear warmup over ``warmup_iters``
-    steps, cosine decay to ``learning_rate / 10``, gradient-norm clipping at ``grad_clip``.
-    """
-
-    d_model: int = 128
-    n_layers: int = 2
-    dff: int = 256
-    dropout: float = 0.0
-    activation: str = "gelu"
-    norm_first: bool = True
-    pool: str = "cls"
-    symmetric_rels: bool = True
-    steps: int = 1500
-    epochs: float | None = None
-    min_steps: int = 1
-    batch_size: int = 64
+    epochs: int = 50
+    batch_size: int = 512
     learning_rate: float = 1e-3
-    weight_decay: float = 0.1
-    warmup_iters: int = 100
-    grad_clip: float = 1.0
-    n_test: int = 2000
-    holdout_sprites: bool = False
+    betas: tuple[float, float] = (0.9, 0.99)
+    dropout: float = 0.1
+    n_test: int = 5000
+    test_seed: int = 0
+    xoccurs_multi: float = 0.5
 
     def __post_init__(self) -> None:
-        for name in ("d_model", "n_layers", "dff", "steps", "min_steps", "batch_size", "n_test"):
+        for name in ("epochs", "batch_size", "n_test"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-        if self.epochs is not None and not (isinstance(self.epochs, (int, float)) and self.epochs > 0):
-            raise ValueError(f"epochs must be a number > 0 or None, got {self.epochs!r}")
         if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
-        if isinstance(self.warmup_iters, bool) or not isinstance(self.warmup_iters, int) or self.warmup_iters < 0:
-            raise ValueError(f"warmup_iters must be an int >= 0, got {self.warmup_iters!r}")
-        if self.pool not in ("cls", "mean"):
-            raise ValueError(f"pool must be one of: cls, mean; got {self.pool!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
 
     def steps_for(self, n_train: int) -> int:
-        """Optimizer steps of a run on ``n_train`` images."""
-        if self.epochs is not None:
-            return max(self.min_steps, math.ceil(self.epochs * n_train / self.batch_size))
-        return self.steps
+        """Optimizer steps of a run: ``epochs * ceil(n_train / batch_size)`` (the last batch of an epoch is short)."""
+        return self.epochs * math.ceil(n_train / self.batch_size)
 
 
-def paper_settings() -> DemoSettings:
-    """The ``--paper`` budget: 50 epochs of batch 64 and at least 2000 steps per run, 5000 test images."""
-    return DemoSettings(epochs=50.0, min_steps=2000, batch_size=64, n_test=5000)
+def build_model(key: str, settings: DemoSettings):
+    """The model ``key`` of :data:`VARIANTS`, freshly initialised from torch's global RNG."""
+    from dual_attention.relational_baselines import CoRelNet, PrediNet, VisionAbstractor
+    from dual_attention.vision_models import VisionDualAttnTransformer, VisionTransformer
 
-
-def train_config(variant: Variant, settings: DemoSettings, seed: int, n_train: int):
-    """The :class:`~dual_attention.training.config.Config` of one run (no run directory, no validation)."""
-    from dual_attention.training.config import load_config
-
-    steps = settings.steps_for(n_train)
-    model: dict[str, Any] = {
-        "family": "vision",
-        "arch": variant.arch,
-        "d_model": settings.d_model,
-        "n_layers": settings.n_layers,
-        "dff": settings.dff,
-        "dropout": settings.dropout,
-        "activation": settings.activation,
-        "norm_first": settings.norm_first,
-        "patch_size": list(PATCH_SIZE),
-        "image_shape": [IMAGE_SHAPE[0], IMAGE_SHAPE[2], IMAGE_SHAPE[1]],  # (C, W, H)
-        "num_classes": N_CLASSES,
-        "pool": settings.pool,
-    }
-    if variant.arch == "dat":
-        # positional symbols of dimension d_model for the 9 patches + class token (max_length = 10, derived)
-        model.update(n_heads_sa=variant.n_heads_sa, n_heads_ra=variant.n_heads_ra,
-                     symbol_retrieval="positional_symbols", symmetric_rels=settings.symmetric_rels)
-    else:
-        model.update(n_heads=variant.n_heads_sa + variant.n_heads_ra, n_heads_sa=variant.n_heads_sa,
-                     n_heads_ra=variant.n_heads_ra)
-    return load_config({
-        "name": f"relgames-{variant.key}-n{n_train}-s{seed}",
-        "model": model,
-        "optim": {
-            "learning_rate": settings.learning_rate,
-            "min_lr": settings.learning_rate / 10,
-            "weight_decay": settings.weight_decay,
-            "warmup_iters": min(settings.warmup_iters, steps),
-            "grad_clip": settings.grad_clip,
-            "schedule": "cosine",
-        },
-        "train": {
-            "max_iters": steps,
-            "batch_size": settings.batch_size,
-            "eval_interval": 0,
-            "eval_batch_size": 500,
-            "log_interval": max(1, min(50, steps)),
-            "seed": seed,
-            "device": "cpu",
-            "progress": False,
-            "checkpoint_interval": 0,
-        },
-    })
+    v = VARIANTS[key]
+    common = dict(image_shape=IMAGE_SHAPE, patch_size=PATCH_SIZE, num_classes=N_CLASSES)
+    if v.kind == "transformer":
+        return VisionTransformer(**common, d_model=144, n_layers=2, n_heads=2, dff=288, dropout_rate=settings.dropout,
+                                 activation="swiglu", norm_first=True, pool="mean")
+    if v.kind == "dat":
+        return VisionDualAttnTransformer(
+            **common, d_model=128, n_layers=2, n_heads_sa=v.n_heads_sa, n_heads_ra=v.n_heads_ra, dff=256,
+            dropout_rate=settings.dropout, activation="swiglu", norm_first=True,
+            symbol_retrieval="positional_symbols", symbol_retrieval_kwargs=dict(symbol_dim=128, max_length=10),
+            ra_kwargs=dict(symmetric_rels=True), pool="mean")
+    if v.kind == "predinet":
+        return PrediNet(**common, d_model=128)
+    if v.kind == "corelnet":
+        return CoRelNet(**common, d_model=128)
+    return VisionAbstractor(**common, d_model=128, n_layers=2, n_heads=2, dff=256, dropout_rate=settings.dropout)
 
 
 def parameter_counts(variants: Sequence[str], settings: DemoSettings) -> dict[str, int]:
-    """Trainable parameters of each model variant (shared parameters counted once)."""
-    from dual_attention.training.models import build_model
-
-    out = {}
-    for key in variants:
-        model = build_model(train_config(VARIANTS[key], settings, 0, 1).model)
-        out[key] = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values() if p.requires_grad)
-    return out
+    """Trainable parameters of each model."""
+    return {k: sum(p.numel() for p in build_model(k, settings).parameters() if p.requires_grad) for k in variants}
 
 
-@lru_cache(maxsize=2)
-def _dataset(task: str, n_train: int, n_test: int, seed: int, holdout: bool):
-    from dual_attention.data.relational_games import make_dataset
+@lru_cache(maxsize=4)
+def _data(task: str, n_train: int, seed: int, n_test: int, test_seed: int, xoccurs_multi: float):
+    from dual_attention.data.relational_games import make_splits
 
-    d = make_dataset(task, n_train, n_test, seed=seed, holdout_sprites=holdout)
-    return d["train"].tensors, d["test"].tensors
+    return make_splits(task, n_train, n_test, seed=seed, test_seed=test_seed, xoccurs_multi=xoccurs_multi)
 
 
-def run_one(task: str, n_train: int, seed: int, variant_key: str, settings: DemoSettings) -> dict[str, Any]:
-    """Train one model on ``n_train`` images of ``task`` (data and initialisation from ``seed``); its record.
+def train_model(model, x, y, settings: DemoSettings, seed: int) -> float:
+    """Train ``model`` on ``(x, y)`` with the protocol of ``settings``; returns the mean loss of the last epoch.
 
-    The record holds ``task, n_train, seed, model, label, n_params, steps, test_acc, test_loss,
-    train_loss, seconds``.
+    Adam (betas ``settings.betas``, constant lr, no weight decay, no clipping), ``settings.epochs`` epochs of
+    ``batch_size`` images, reshuffled every epoch by ``torch.Generator().manual_seed(seed)``. The loss stays on
+    the device: the only host sync is the final ``.item()``.
     """
-    from dual_attention.training.trainer import train
+    import torch
+    import torch.nn.functional as F
 
-    t0 = time.time()
-    train_xy, test_xy = _dataset(task, n_train, settings.n_test, seed, settings.holdout_sprites)
-    variant = VARIANTS[variant_key]
-    cfg = train_config(variant, settings, seed, n_train)
-    res = train(cfg, train_data=train_xy, test_data=test_xy, verbose=False)
-    if res.interrupted:
-        raise KeyboardInterrupt
-    n_params = sum(p.numel() for p in {id(p): p for p in res.model.parameters()}.values())
-    return {
-        "task": task,
-        "n_train": n_train,
-        "seed": seed,
-        "model": variant_key,
-        "label": variant.label,
-        "n_params": n_params,
-        "steps": res.iters,
-        "test_acc": float(res.metrics["test_acc"]),
-        "test_loss": float(res.metrics["test_loss"]),
-        "train_loss": float(res.train_loss) if res.train_loss is not None else math.nan,
-        "seconds": round(time.time() - t0, 2),
-    }
+    opt = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, betas=settings.betas)
+    gen = torch.Generator().manual_seed(seed)
+    n, bs = len(y), settings.batch_size
+    model.train()
+    last = torch.zeros(())
+    for _ in range(settings.epochs):
+        perm = torch.randperm(n, generator=gen)
+        last = torch.zeros(())
+        for start in range(0, n, bs):
+            idx = perm[start : start + bs]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            last = last + loss.detach() * len(idx)
+    return float(last) / n
 
 
-CSV_FIELDS = ("task", "n_train", "seed", "model", "label", "n_params", "steps", "test_acc", "test_loss",
-              "train_loss", "seconds")
+def evaluate(model, x, y, batch_size: int = 1000) -> float:
+    """Accuracy of ``model`` (eval mode, no grad) on ``(x, y)``."""
+    import torch
+
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long)
+    with torch.no_grad():
+        for start in range(0, len(y), batch_size):
+            correct += (model(x[start : start + batch_size]).argmax(-1) == y[start : start + batch_size]).sum()
+    return int(correct) / len(y)
 
 
-def summarize(runs: Sequence[dict]) -> list[dict[str, Any]]:
-    """Mean and sample std (over seeds) of the test accuracy (%) per (task, n_train, model), with paper numbers."""
-    groups: dict[tuple[str, int, str], list[float]] = {}
+def run_one(task: str, n_train: int, seed: int, key: str, settings: DemoSettings) -> dict[str, Any]:
+    """Train model ``key`` on ``n_train`` images of ``task`` (seed ``seed``), test it on the three splits.
+
+    The record: ``task, n_train, seed, model, steps, train_loss, seconds`` and one accuracy per split.
+    """
+    import torch
+
+    t0 = time.perf_counter()
+    data = _data(task, n_train, seed, settings.n_test, settings.test_seed, settings.xoccurs_multi)
+    torch.manual_seed(seed)
+    model = build_model(key, settings)
+    train_loss = train_model(model, *data["train"], settings, seed)
+    rec: dict[str, Any] = {"task": task, "n_train": n_train, "seed": seed, "model": key,
+                           "steps": settings.steps_for(n_train), "train_loss": round(train_loss, 5)}
+    rec.update({split: evaluate(model, *data[split]) for split in SPLITS})
+    rec["seconds"] = round(time.perf_counter() - t0, 2)
+    return rec
+
+
+CSV_FIELDS = ("task", "n_train", "seed", "model", "split", "accuracy")
+
+
+def csv_rows(runs: Sequence[dict]) -> list[dict[str, Any]]:
+    """One row per (task, n_train, seed, model, split): the long format of ``results.csv``."""
+    return [{"task": r["task"], "n_train": r["n_train"], "seed": r["seed"], "model": r["model"], "split": s,
+             "accuracy": r[s]} for r in runs for s in SPLITS]
+
+
+def summarize(runs: Sequence[dict], reference: str = "vit") -> list[dict[str, Any]]:
+    """Per (task, n_train, model, split): accuracies of the seeds, mean, sample std, and Welch's t-test against
+    ``reference`` on the same cell (``t``, two-sided ``p``; None with fewer than 2 seeds on either side)."""
+    groups: dict[tuple[str, int, str, str], list[float]] = {}
     for r in runs:
-        groups.setdefault((r["task"], r["n_train"], r["model"]), []).append(100.0 * r["test_acc"])
+        for s in SPLITS:
+            groups.setdefault((r["task"], r["n_train"], r["model"], s), []).append(r[s])
     rows = []
-    for (task, n, model), accs in groups.items():
-        m, s = mean_std(accs)
-        rows.append({
-            "task": task, "n_train": n, "model": model, "label": VARIANTS[model].label, "n_seeds": len(accs),
-            "acc_mean": round(m, 2), "acc_std": round(s, 2),
-            "paper_acc": PAPER_RESULTS.get((task, n), {}).get(model),
-        })
+    for (task, n, model, split), accs in groups.items():
+        m, sd = mean_std(accs)
+        ref = groups.get((task, n, reference, split))
+        t = p = None
+        if model != reference and ref is not None and len(ref) >= 2 and len(accs) >= 2:
+            t, p = welch_t_test(accs, ref)
+        rows.append({"task": task, "n_train": n, "model": model, "split": split, "n_seeds": len(accs),
+                     "accs": accs, "mean": m, "std": sd, "t_vs_ref": t, "p_vs_ref": p,
+                     "paper": PAPER_RESULTS.get((task, n), {}).get(model) if split == "in_distribution" else None})
     return rows
 
 
-def _cell(mean: float | None, std: float | None) -> str:
-    if mean is None:
+def _cell(row: dict | None) -> str:
+    if row is None:
         return "-"
-    return f"{mean:5.1f} ± {std:4.1f}" if std is not None else f"{mean:5.1f}"
+    text = f"{100 * row['mean']:5.1f} ± {100 * row['std']:4.1f}"
+    p = row["p_vs_ref"]
+    if p is not None:
+        mark = ("+" if row["t_vs_ref"] > 0 else "-") if p < 0.05 else " "
+        text += f" {mark}p={p:.2f}" if p >= 0.01 else f" {mark}p<.01"
+    return text
 
 
 def format_table(summary: Sequence[dict], variants: Sequence[str]) -> str:
-    """Test accuracy (%) mean ± std over seeds, one row per (task, size); paper numbers on a row below."""
-    by = {(r["task"], r["n_train"], r["model"]): r for r in summary}
-    keys = sorted({(r["task"], r["n_train"]) for r in summary}, key=lambda k: (k[0], k[1]))
-    width = max(16, *(len(VARIANTS[v].label) for v in variants))
-    head = f"{'task':<14} {'n_train':>7}  " + "  ".join(f"{VARIANTS[v].label:>{width}}" for v in variants)
+    """Accuracy (%) mean ± std over seeds per (task, n_train, split), one column per model.
+
+    After a non-Transformer cell: Welch's two-sided p against the Transformer on the same cell, with ``+``/``-``
+    when p < 0.05 (significantly higher / lower). Paper rows give the paper's in-distribution means.
+    """
+    by = {(r["task"], r["n_train"], r["model"], r["split"]): r for r in summary}
+    keys = sorted({(r["task"], r["n_train"]) for r in summary})
+    width = max(24, *(len(VARIANTS[v].label) for v in variants))
+    head = f"{'task':<13} {'n_train':>7} {'split':<15} " + " ".join(f"{VARIANTS[v].label:>{width}}" for v in variants)
     lines = [head, "-" * len(head)]
     for task, n in keys:
-        cells = []
-        for v in variants:
-            r = by.get((task, n, v))
-            cells.append(_cell(r["acc_mean"], r["acc_std"]) if r else "-")
-        n_seeds = max((by[(task, n, v)]["n_seeds"] for v in variants if (task, n, v) in by), default=0)
-        lines.append(f"{task:<14} {n:>7}  " + "  ".join(f"{c:>{width}}" for c in cells) + f"   ({n_seeds} seeds)")
+        for split in SPLITS:
+            cells = [_cell(by.get((task, n, v, split))) for v in variants]
+            n_seeds = max((by[(task, n, v, split)]["n_seeds"] for v in variants if (task, n, v, split) in by),
+                          default=0)
+            lines.append(f"{task:<13} {n:>7} {split:<15} " + " ".join(f"{c:>{width}}" for c in cells)
+                         + f"  ({n_seeds} seeds)")
         paper = PAPER_RESULTS.get((task, n))
-        if paper:
-            pc = [f"{paper[v]:5.1f}" if v in paper else "-" for v in variants]
-            lines.append(f"{'  paper':<14} {n:>7}  " + "  ".join(f"{c:>{width}}" for c in pc) + "   (5 seeds)")
-    others = [(t, n) for (t, n) in PAPER_RESULTS if (t, n) not in set(keys) and t in {k[0] for k in keys}]
-    for task, n in others:
-        paper = PAPER_RESULTS[(task, n)]
-        pc = [f"{paper[v]:5.1f}" if v in paper else "-" for v in variants]
-        lines.append(f"{'  paper':<14} {n:>7}  " + "  ".join(f"{c:>{width}}" for c in pc) + f"   ({task}, 5 seeds)")
+        if paper and any(v in paper for v in variants):
+            pc = [f"{100 * paper[v]:5.1f}" if v in paper else "-" for v in variants]
+            lines.append(f"{'':<13} {'':>7} {'paper (in-d.)':<15} " + " ".join(f"{c:>{width}}" for c in pc)
+                         + "  (5 seeds)")
     return "\n".join(lines)
 
 
-def format_param_counts(counts: dict[str, int]) -> str:
-    """One line: ``ViT (2 SA) 322,402 | DAT (1 SA + 1 RA) 323,554 | ...``."""
-    return " | ".join(f"{VARIANTS[k].label} {n:,}" for k, n in counts.items())
+_COLOURS = {"vit": "tab:gray", "dat-sa1-ra1": "tab:blue", "dat-sa0-ra2": "tab:orange", "predinet": "tab:green",
+            "corelnet": "tab:purple", "abstractor": "tab:brown"}
 
 
-_COLOURS = {"vit": "tab:gray", "dat-sa1-ra1": "tab:blue", "dat-sa0-ra2": "tab:orange"}
-
-
-def plot_learning_curves(summary: Sequence[dict], path: str | Path, title: str | None = None,
-                         runs: Sequence[dict] | None = None) -> Path:
-    """Accuracy vs training-set size (log x), mean ± std band over seeds, one line per model, one panel per task.
-
-    With ``runs``, every seed's accuracy is drawn as a small dot (slightly offset per model). Paper numbers,
-    where quoted, are drawn as hollow stars of the model's colour.
-    """
+def plot_learning_curves(summary: Sequence[dict], path: str | Path, title: str | None = None) -> Path:
+    """Accuracy vs training-set size, one column per task and one row per split (in distribution, hexominoes,
+    stripes); mean ± std band over seeds per model; the paper's in-distribution means as hollow stars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    tasks = sorted({r["task"] for r in summary}, key=lambda t: PAPER_TASKS.index(t) if t in PAPER_TASKS else 99)
+    models = [k for k in VARIANTS if any(r["model"] == k for r in summary)]
+    fig, axes = plt.subplots(len(SPLITS), len(tasks), figsize=(max(7.5, 1.5 + 3.6 * len(tasks)), 8.8), dpi=110,
+                             squeeze=False, sharey=True)
+    for j, task in enumerate(tasks):
+        sizes = sorted({r["n_train"] for r in summary if r["task"] == task})
+        for i, split in enumerate(SPLITS):
+            ax = axes[i, j]
+            for m in models:
+                rows = sorted((r for r in summary if r["task"] == task and r["model"] == m and r["split"] == split),
+                              key=lambda r: r["n_train"])
+                if not rows:
+                    continue
+                xs = [r["n_train"] for r in rows]
+                mu = [r["mean"] for r in rows]
+                sd = [r["std"] for r in rows]
+                c = _COLOURS.get(m)
+                ax.plot(xs, mu, "o-", color=c, lw=1.6, ms=3.5, label=VARIANTS[m].label)
+                ax.fill_between(xs, [a - b for a, b in zip(mu, sd)], [a + b for a, b in zip(mu, sd)], color=c,
+                                alpha=0.15)
+                shift = 1.0 + 0.03 * (models.index(m) - (len(models) - 1) / 2)  # seeds side by side per model
+                ax.plot([r["n_train"] * shift for r in rows for _ in r["accs"]], [a for r in rows for a in r["accs"]],
+                        ".", color=c, ms=4, alpha=0.7, ls="none")
+                if split == "in_distribution":
+                    pts = [(n, PAPER_RESULTS[(task, n)][m]) for n in sizes if m in PAPER_RESULTS.get((task, n), {})]
+                    if pts:
+                        ax.plot(*zip(*pts), "*", ms=11, mfc="none", mec=c, mew=1.3, ls="none")
+            ax.set_xscale("log")
+            ax.set_xticks(sizes)
+            ax.set_xticklabels([f"{n:,}" for n in sizes], fontsize=7)
+            ax.minorticks_off()
+            ax.axhline(0.5, color="k", lw=0.6, ls=":")
+            ax.set_ylim(0.4, 1.02)
+            ax.grid(alpha=0.3)
+            if i == 0:
+                ax.set_title(task)
+            if i == len(SPLITS) - 1:
+                ax.set_xlabel("training images (pentominoes)")
+            if j == 0:
+                ax.set_ylabel(f"accuracy: {split.replace('_', ' ')}")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
     from matplotlib.lines import Line2D
 
-    tasks = sorted({r["task"] for r in summary})
-    models = [k for k in VARIANTS if any(r["model"] == k for r in summary)]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(2.4 + 5.0 * len(tasks), 4.4), dpi=120, squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        handles = []
-        paper_drawn = False
-        sizes = sorted({r["n_train"] for r in summary if r["task"] == task})
-        for m in models:
-            rows = sorted((r for r in summary if r["task"] == task and r["model"] == m), key=lambda r: r["n_train"])
-            if not rows:
-                continue
-            xs = [r["n_train"] for r in rows]
-            mu = [r["acc_mean"] for r in rows]
-            sd = [r["acc_std"] for r in rows]
-            c = _COLOURS.get(m)
-            (h,) = ax.plot(xs, mu, "o-", color=c, lw=1.8, ms=4, label=VARIANTS[m].label)
-            handles.append(h)
-            ax.fill_between(xs, [a - b for a, b in zip(mu, sd)], [a + b for a, b in zip(mu, sd)], color=c, alpha=0.15)
-            if runs:
-                shift = 1.0 + 0.025 * (models.index(m) - (len(models) - 1) / 2)
-                pts = [(r["n_train"] * shift, 100.0 * r["test_acc"])
-                       for r in runs if r["task"] == task and r["model"] == m]
-                if pts:
-                    ax.plot(*zip(*pts), ".", color=c, ms=5, alpha=0.7, ls="none")
-            for (t, n), accs in PAPER_RESULTS.items():
-                if t == task and m in accs and sizes[0] / 1.5 <= n <= sizes[-1] * 1.5:
-                    ax.plot([n], [accs[m]], marker="*", ms=12, mfc="none", mec=c, mew=1.5, ls="none")
-                    paper_drawn = True
-        if runs:
-            handles.append(Line2D([], [], marker=".", ms=6, color="k", alpha=0.7, ls="none", label="one seed"))
-        if paper_drawn:
-            handles.append(Line2D([], [], marker="*", ms=12, mfc="none", mec="k", mew=1.2, ls="none",
-                                  label="paper (5 seeds,\ntheir budget)"))
-        ax.set_xscale("log")
-        ax.set_xticks(sizes)
-        ax.set_xticklabels([f"{n:,}" for n in sizes])
-        ax.minorticks_off()
-        ax.set_title(task)
-        ax.set_xlabel("training images")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_ylim(45, 101)
-        ax.axhline(50, color="k", lw=0.6, ls=":")
-        ax.grid(alpha=0.3)
-        ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-    fig.suptitle(title or "Relational games: test accuracy vs training-set size\n(mean ± std over seeds)", fontsize=10)
+    handles += [Line2D([], [], marker=".", ms=6, color="k", alpha=0.7, ls="none"),
+                Line2D([], [], marker="*", ms=11, mfc="none", mec="k", ls="none")]
+    labels += ["one seed", "paper (in distribution, 5 trials)"]
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=8, frameon=False)
+    fig.suptitle(title or "Relational games: accuracy vs training-set size (mean ± std over seeds)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.09, 1, 1))
     return save_figure(fig, path)
 
 
@@ -404,17 +391,34 @@ class GridResult:
     settings: DemoSettings
     variants: list[str]
     elapsed_s: float
+    complete: bool = True
     files: dict[str, str] = field(default_factory=dict)
 
     def table(self) -> str:
         return format_table(self.summary, self.variants)
 
 
+def grid_jobs(tasks: Sequence[str], sizes: Sequence[int], seeds: Sequence[int],
+              variants: Sequence[str]) -> list[tuple[str, int, int, str]]:
+    """The runs of a grid, seed-major (an interrupted grid has whole seeds), larger sizes first (parallel workers
+    then finish together). ``match_pattern`` runs at the sizes >= 5000 and the other tasks at the sizes < 5000,
+    when the grid has both kinds (as ``--paper`` does); otherwise every task runs at every size."""
+    big = [n for n in sizes if n >= 5000]
+    small = [n for n in sizes if n < 5000]
+
+    def task_sizes(t: str) -> list[int]:
+        if t == "match_pattern":
+            return big or small
+        return small or big
+
+    return [(t, n, s, v) for s in seeds for t in tasks for n in sorted(task_sizes(t), reverse=True) for v in variants]
+
+
 def run_grid(
     tasks: Sequence[str] = DEFAULT_TASKS,
     sizes: Sequence[int] = DEFAULT_SIZES,
     seeds: Sequence[int] = DEFAULT_SEEDS,
-    variants: Sequence[str] = tuple(VARIANTS),
+    variants: Sequence[str] = DEFAULT_VARIANTS,
     settings: DemoSettings | None = None,
     out_dir: str | Path | None = None,
     workers: int = 1,
@@ -422,17 +426,12 @@ def run_grid(
     progress: bool = True,
     log: Callable[[str], None] | None = print,
 ) -> GridResult:
-    """Train every (task, size, seed, model) of the grid and collect the test accuracies.
+    """Train and test every (task, size, seed, model) of the grid (see :func:`grid_jobs`).
 
-    Args:
-        tasks: relational-games tasks (see :data:`dual_attention.data.relational_games.TASKS`).
-        sizes: training-set sizes (images); seeds: data and initialisation seeds.
-        variants: model keys of :data:`VARIANTS`.
-        settings: architecture and budget (default :class:`DemoSettings()`).
-        out_dir: if given, ``results.json`` and ``results.csv`` are (re)written after every finished run and
-            ``learning_curves.png`` at the end.
-        workers: processes training runs in parallel (spawned; 1 = this process); threads: torch threads each.
-        progress: show a tqdm bar over runs; log: where the parameter counts and notes go (None: silent).
+    ``workers`` processes (spawned; 1 = this process) with ``threads`` torch threads each run the jobs; a tqdm
+    bar counts finished runs. ``results.json`` (settings, every run, summary, paper numbers) and ``results.csv``
+    (one row per run and split) are rewritten after every run, so an interrupted grid keeps its finished runs;
+    ``learning_curves.png`` is drawn at the end.
     """
     from dual_attention.data.relational_games import TASKS
 
@@ -447,63 +446,50 @@ def run_grid(
     say = log or (lambda s: None)
     t0 = time.time()
     counts = parameter_counts(variants, settings)
-    say("parameters: " + format_param_counts(counts))
-    budget = (f"{settings.epochs:g} epochs (>= {settings.min_steps} steps)" if settings.epochs is not None
-              else f"{settings.steps} steps")
-    say(f"budget per run: {budget} x batch {settings.batch_size}, AdamW lr {settings.learning_rate:g} "
-        f"(warmup {settings.warmup_iters}, cosine to lr/10), weight decay {settings.weight_decay:g}; "
-        f"test set {settings.n_test} images{' (held-out sprites)' if settings.holdout_sprites else ''}")
-
+    say("parameters: " + " | ".join(f"{VARIANTS[k].label} {n:,}" for k, n in counts.items()))
+    say(f"protocol: Adam lr {settings.learning_rate:g} constant, betas {settings.betas}, batch {settings.batch_size}, "
+        f"{settings.epochs} epochs, dropout {settings.dropout:g}; {settings.n_test} test images per split")
+    jobs = grid_jobs(tasks, sizes, seeds, variants)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    # one job per run: sizes ascending (a fixed step budget costs the same at every size); with an epoch
-    # budget the largest (slowest) runs go first so that parallel workers finish together
-    order = sorted(sizes, reverse=settings.epochs is not None)
-    jobs = [(t, n, s, v, settings) for n in order for t in tasks for s in seeds for v in variants]
+    meta = {"experiment": "relational_games", "tasks": tasks, "sizes": sizes, "seeds": seeds, "variants": variants,
+            "settings": dataclasses.asdict(settings), "param_counts": counts, "splits": list(SPLITS),
+            "paper": [{"task": t, "n_train": n, **a} for (t, n), a in PAPER_RESULTS.items()],
+            "paper_source": PAPER_SOURCE, "environment": environment(), "workers": workers, "threads": threads}
     done: list[dict] = []
     files: dict[str, str] = {}
-    meta = {
-        "experiment": "relational_games",
-        "tasks": tasks, "sizes": sizes, "seeds": seeds, "variants": variants,
-        "settings": dataclasses.asdict(settings),
-        "param_counts": counts,
-        "paper": [{"task": t, "n_train": n, **accs} for (t, n), accs in PAPER_RESULTS.items()],
-        "paper_source": "Altabaa & Lafferty, arXiv:2405.16727 (mean over 5 seeds, their training budget)",
-        "environment": environment(),
-        "workers": workers, "threads": threads,
-    }
+    order = {job: i for i, job in enumerate(jobs)}
 
     def save(rec: dict | None = None) -> None:
         if rec is not None:
             done.append(rec)
+            done.sort(key=lambda r: order[(r["task"], r["n_train"], r["seed"], r["model"])])
         if out is None:
             return
-        runs = sorted(done, key=lambda r: (r["task"], r["n_train"], r["seed"], variants.index(r["model"])))
-        write_json(out / "results.json", {**meta, "complete": len(runs) == len(jobs), "n_runs": len(jobs),
-                                          "elapsed_s": round(time.time() - t0, 1), "runs": runs,
-                                          "summary": summarize(runs)})
-        write_csv(out / "results.csv", runs, CSV_FIELDS)
-        files["json"] = str(out / "results.json")
-        files["csv"] = str(out / "results.csv")
+        write_json(out / "results.json", {**meta, "complete": len(done) == len(jobs), "n_runs": len(jobs),
+                                          "elapsed_s": round(time.time() - t0, 1), "runs": done,
+                                          "summary": summarize(done)})
+        write_csv(out / "results.csv", csv_rows(done), CSV_FIELDS)
+        files.update(json=str(out / "results.json"), csv=str(out / "results.csv"))
 
-    run_jobs(run_one, jobs, workers=workers, threads=threads, progress=progress, desc="relational games",
-             on_result=save, postfix=lambda r: f"{r['task']} n={r['n_train']} {r['model']}: {100 * r['test_acc']:.1f}%")
-    runs = sorted(done, key=lambda r: (r["task"], r["n_train"], r["seed"], variants.index(r["model"])))
-    summary = summarize(runs)
+    run_jobs(run_one, [(*job, settings) for job in jobs], workers=workers, threads=threads, progress=progress,
+             desc="relational games", on_result=save,
+             postfix=lambda r: f"{r['task']} n={r['n_train']} seed {r['seed']} {r['model']}: "
+                               f"{100 * r['in_distribution']:.1f}%")
     elapsed = time.time() - t0
     save()
+    summary = summarize(done)
     if out is not None:
-        budget = (f"{settings.epochs:g} epochs" if settings.epochs is not None else f"{settings.steps} steps")
-        title = (f"Relational games: test accuracy vs training-set size (mean ± std over {len(seeds)} seeds)\n"
-                 f"same budget for every model: {budget} x batch {settings.batch_size}, AdamW lr "
-                 f"{settings.learning_rate:g}{', held-out sprites' if settings.holdout_sprites else ''}")
         try:
             import matplotlib  # noqa: F401
         except ImportError:
             say("matplotlib is not installed (pip install 'dual_attention[plot]'): no learning_curves.png")
         else:
-            files["png"] = str(plot_learning_curves(summary, out / "learning_curves.png", title=title, runs=runs))
-    say(f"{len(runs)} runs in {elapsed_str(elapsed)}")
-    return GridResult(runs=runs, summary=summary, param_counts=counts, settings=settings, variants=variants,
+            title = (f"Relational games: accuracy vs training images (mean ± std over {len(seeds)} "
+                     f"seed{'s' if len(seeds) > 1 else ''})\nauthors' protocol: {settings.epochs} epochs, batch "
+                     f"{settings.batch_size}, Adam {settings.learning_rate:g}; trained on pentominoes")
+            files["png"] = str(plot_learning_curves(summary, out / "learning_curves.png", title=title))
+    say(f"{len(done)} runs in {elapsed_str(elapsed)}")
+    return GridResult(runs=done, summary=summary, param_counts=counts, settings=settings, variants=variants,
                       elapsed_s=elapsed, files=files)
