@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 
@@ -76,7 +77,7 @@ def parse_int(flag: str, text: str, minimum: int = 0) -> int:
         value = float(t[:-1]) * 1000 if t.endswith("k") else float(t)
     except ValueError:
         raise CLIError(f"{flag} must be an integer, got {text!r}") from None
-    if value != int(value):
+    if not math.isfinite(value) or value != int(value):
         raise CLIError(f"{flag} must be an integer, got {text!r}")
     if value < minimum:
         raise CLIError(f"{flag} must be >= {minimum}, got {text!r}")
