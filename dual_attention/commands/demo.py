@@ -1,4 +1,4 @@
-"""``dat demo``: the paper's relational-games result on the CPU (ViT vs ViDAT at several training-set sizes)."""
+"""``dat demo``: Relational Games with the authors' protocol, in and out of distribution (Transformer vs DAT)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ paper's numbers; writes results.json, results.csv (task,n_train,seed,model,split
 learning_curves.png into --out. Ctrl-C stops at once and keeps the finished runs.
 
 Default grid: task xoccurs, 250 and 2500 training images, seeds 0-2, models vit, dat-sa1-ra1, dat-sa0-ra2
-(18 runs, about 10 minutes on 2 idle CPU cores with 2 workers).
+(18 runs, 14 CPU-minutes: about 8 minutes on 2 idle CPU cores with 2 workers).
 --paper: the paper's grid: same, occurs, xoccurs, between at 250..2500 images (steps of 250),
 match_pattern at 5000..25000 (steps of 2500), 5 seeds, all six models, 10,000 test images per split
 (days on a CPU)."""
