@@ -86,25 +86,31 @@ if triton is not None:
         return tl.minimum(tl.maximum(cols[None, :] - rows[:, None], -MAX_REL), MAX_REL) + MAX_REL
 
     @triton.jit
+    def _query_tile(H, Lk, N_REP: tl.constexpr, IS_CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr):
+        """The program's query tile: ``(tile index, batch·H + head, batch, head, batch·K + kv head, its query rows,
+        the end of the keys it attends)``."""
+        pid_m = tl.program_id(0)
+        bh = tl.program_id(1).to(tl.int64)
+        b, h = bh // H, bh % H
+        bg = b * (H // N_REP) + h // N_REP  # (batch, kv head)
+        hi = Lk
+        if IS_CAUSAL:
+            hi = tl.minimum(Lk, (pid_m + 1) * BLOCK_M)
+        return pid_m, bh, b, h, bg, pid_m * BLOCK_M + tl.arange(0, BLOCK_M), hi
+
+    @triton.jit
     def _ra_fwd(Q, K, V, KR, MASK, OV, OR, LSE, sm_b, sm_h, sm_i, sm_j, H, Lq, Lk, scale,
                 N_REP: tl.constexpr, DK: tl.constexpr, D: tl.constexpr, W: tl.constexpr,
                 RELATIVE: tl.constexpr, MAX_REL: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_D: tl.constexpr,
                 BLOCK_W: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
         """One query tile of one head: ``O_v = Σ_j α_ij v_j``, ``O_rel = Σ_j α_ij k_rel_j`` and the row log-sum-exp."""
-        pid_m = tl.program_id(0)
-        bh = tl.program_id(1).to(tl.int64)
-        b, h = bh // H, bh % H
-        bg = b * (H // N_REP) + h // N_REP  # (batch, kv head)
-        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        pid_m, bh, b, h, bg, rows, hi = _query_tile(H, Lk, N_REP, IS_CAUSAL, BLOCK_M)
         q = _load(Q, bh * Lq, rows, Lq, DK, BLOCK_DK)  # (BLOCK_M, BLOCK_DK)
         m_i = tl.full([BLOCK_M], float("-inf"), ACC)
         l_i = tl.zeros([BLOCK_M], ACC)
         acc_v = tl.zeros([BLOCK_M, BLOCK_D], ACC)
         acc_r = tl.zeros([BLOCK_M, BLOCK_W], ACC)
-        hi = Lk
-        if IS_CAUSAL:
-            hi = tl.minimum(Lk, (pid_m + 1) * BLOCK_M)
         for start_n in range(0, hi, BLOCK_N):
             cols = start_n + tl.arange(0, BLOCK_N)
             s = _scores(q, _load_t(K, bg * Lk, cols, Lk, DK, BLOCK_DK), rows, cols, b, h, Lq, Lk, scale, MASK,
@@ -187,27 +193,28 @@ if triton is not None:
                           mask=(cd < D)[None, None, :])
 
     @triton.jit
-    def _ra_bwd_dq(Q, K, V, KR, MASK, DOV, DOR, LSE, DELTA, DQ, sm_b, sm_h, sm_i, sm_j, H, Lq, Lk, scale,
-                   N_REP: tl.constexpr, DK: tl.constexpr, D: tl.constexpr, W: tl.constexpr,
-                   RELATIVE: tl.constexpr, MAX_REL: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_D: tl.constexpr,
-                   BLOCK_W: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
-        """dQ of one query tile of one head: ``scale · Σ_j P_ij (dP_ij − Δ_i) k_j``."""
-        pid_m = tl.program_id(0)
-        bh = tl.program_id(1).to(tl.int64)
-        b, h = bh // H, bh % H
-        bg = b * (H // N_REP) + h // N_REP
-        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    def _backward_rows(Q, DOV, DOR, LSE, DELTA, bh, rows, Lq, DK: tl.constexpr, D: tl.constexpr, W: tl.constexpr,
+                       BLOCK_DK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_W: tl.constexpr):
+        """What backward reads of a query tile of head ``bh``: ``(rows < Lq, q, dO_v, dO_rel, lse, Δ)``."""
         row_ok = rows < Lq
         q = _load(Q, bh * Lq, rows, Lq, DK, BLOCK_DK)
         dov = _load(DOV, bh * Lq, rows, Lq, D, BLOCK_D)
         dor = _load(DOR, bh * Lq, rows, Lq, W, BLOCK_W)
         lse = tl.load(LSE + bh * Lq + rows, mask=row_ok, other=float("inf"))
         delta = tl.load(DELTA + bh * Lq + rows, mask=row_ok, other=0.0)
+        return row_ok, q, dov, dor, lse, delta
+
+    @triton.jit
+    def _ra_bwd_dq(Q, K, V, KR, MASK, DOV, DOR, LSE, DELTA, DQ, sm_b, sm_h, sm_i, sm_j, H, Lq, Lk, scale,
+                   N_REP: tl.constexpr, DK: tl.constexpr, D: tl.constexpr, W: tl.constexpr,
+                   RELATIVE: tl.constexpr, MAX_REL: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_D: tl.constexpr,
+                   BLOCK_W: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
+        """dQ of one query tile of one head: ``scale · Σ_j P_ij (dP_ij − Δ_i) k_j``."""
+        pid_m, bh, b, h, bg, rows, hi = _query_tile(H, Lk, N_REP, IS_CAUSAL, BLOCK_M)
+        row_ok, q, dov, dor, lse, delta = _backward_rows(Q, DOV, DOR, LSE, DELTA, bh, rows, Lq, DK, D, W,
+                                                         BLOCK_DK, BLOCK_D, BLOCK_W)
         dq = tl.zeros([BLOCK_M, BLOCK_DK], ACC)
-        hi = Lk
-        if IS_CAUSAL:
-            hi = tl.minimum(Lk, (pid_m + 1) * BLOCK_M)
         for start_n in range(0, hi, BLOCK_N):
             cols = start_n + tl.arange(0, BLOCK_N)
             k_t = _load_t(K, bg * Lk, cols, Lk, DK, BLOCK_DK)  # (BLOCK_DK, BLOCK_N)
@@ -253,12 +260,8 @@ if triton is not None:
             bh = b * H + h
             for start_m in range(lo, Lq, BLOCK_M):
                 rows = start_m + tl.arange(0, BLOCK_M)
-                row_ok = rows < Lq
-                q = _load(Q, bh * Lq, rows, Lq, DK, BLOCK_DK)
-                dov = _load(DOV, bh * Lq, rows, Lq, D, BLOCK_D)
-                dor = _load(DOR, bh * Lq, rows, Lq, W, BLOCK_W)
-                lse = tl.load(LSE + bh * Lq + rows, mask=row_ok, other=float("inf"))
-                delta = tl.load(DELTA + bh * Lq + rows, mask=row_ok, other=0.0)
+                _, q, dov, dor, lse, delta = _backward_rows(Q, DOV, DOR, LSE, DELTA, bh, rows, Lq, DK, D, W,
+                                                           BLOCK_DK, BLOCK_D, BLOCK_W)
                 s = _scores(q, k_t, rows, cols, b, h, Lq, Lk, scale, MASK, sm_b, sm_h, sm_i, sm_j, IS_CAUSAL,
                             HAS_MASK, ACC, PREC)
                 p = tl.exp(s - lse[:, None])  # (BLOCK_M, BLOCK_N)
