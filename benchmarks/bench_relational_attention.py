@@ -530,10 +530,12 @@ def main(argv=None) -> int:
         section, name, n = args.memory_child.split(":")
         print(json.dumps({"peak_bytes": measure_memory_here(section, name, int(n), args)}))
         return 0
-    print(f"torch {torch.__version__}, device {args.device}, dtype {args.dtype}, threads {torch.get_num_threads()}, "
-          f"batch {args.batch}; times ({args.timer}) are the fastest of {args.repeats} steps after a warm-up, "
-          "measured alternately; peak memory is the extra memory of one step"
+    print(f"torch {torch.__version__}, device {args.device}, dtype {args.dtype}, threads {torch.get_num_threads()}; "
+          "peak memory is the extra memory of one step"
           + ("" if args.device == "cuda" else " (resident set, fresh subprocess per case)"))
+    if set(args.sections) - {"summary"}:
+        print(f"sections {', '.join(s for s in args.sections if s != 'summary')}: batch {args.batch}, times "
+              f"({args.timer}) are the fastest of {args.repeats} steps after a warm-up, measured alternately")
     results: dict[str, list] = {}
     if "summary" in args.sections:
         print("\n### Issue 12: DAT at the cost of a Transformer (ratios measured in this run, medians of "
