@@ -175,6 +175,22 @@ class RelationalAttention(nn.Module):
         return KVCache(self.cache_spec(), batch_size, max_len, device=device, dtype=dtype)
 
     # ---------------------------------------------------------------------------------------------- forward
+    def _input_projections(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``W_q^attn x (B, n, H, Dk)``, ``W_k^attn x (B, n, K, Dk)``, ``W_q^rel x`` and ``W_k^rel x`` (each
+        ``(B, n, R, d_r)``) by one matrix product with the four weights stacked (a tied ``wk_rel`` once): one
+        larger product instead of four, in both passes."""
+        b, n, _ = x.shape
+        projections = [self.wq_attn, self.wk_attn, self.wq_rel] + ([] if self.symmetric_rels else [self.wk_rel])
+        bias = None
+        if any(p.bias is not None for p in projections):
+            bias = torch.cat([p.bias if p.bias is not None else p.weight.new_zeros(p.out_features)
+                              for p in projections])
+        weight = torch.cat([p.weight for p in projections])  # (P, d)
+        parts = F.linear(x, weight, bias).split([p.out_features for p in projections], dim=-1)
+        rel_shape = (b, n, self.n_relations, self.rel_proj_dim)
+        return (parts[0].view(b, n, self.n_heads, self.key_dim), parts[1].view(b, n, self.n_kv_heads, self.key_dim),
+                parts[2].view(rel_shape), parts[-1].view(rel_shape))
+
     def project(self, x: Tensor, symbols: Tensor | RelativeSymbols, freqs_cos: Tensor | None = None,
                 freqs_sin: Tensor | None = None, kv_cache: KVCache | None = None,
                 input_pos: Tensor | None = None) -> RAProblem:
@@ -183,12 +199,9 @@ class RelationalAttention(nn.Module):
         check_sequence_input("x", x, self.d_model)
         _check_symbols(symbols, x, self.use_relative_positional_symbols)
         b, n, _ = x.shape
-        q = self.wq_attn(x).view(b, n, self.n_heads, self.key_dim)  # (B, n, H, Dk)
-        k = self.wk_attn(x).view(b, n, self.n_kv_heads, self.key_dim)  # (B, n, K, Dk)
+        q, k, q_rel, k_rel = self._input_projections(x)
         if freqs_cos is not None and freqs_sin is not None:
             q, k = apply_rotary_emb(q, k, freqs_cos, freqs_sin)
-        q_rel = self.wq_rel(x).view(b, n, self.n_relations, self.rel_proj_dim)  # (B, n, R, d_r)
-        k_rel = self.wk_rel(x).view(b, n, self.n_relations, self.rel_proj_dim)  # (B, n, R, d_r)
         values = symbol_values(symbols, self.wv, self.n_kv_heads, self.head_dim, b,
                                pairwise=self.use_relative_positional_symbols)
         if kv_cache is not None:

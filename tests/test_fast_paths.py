@@ -191,6 +191,35 @@ def test_plain_without_weights_returns_none():
     torch.testing.assert_close(without, with_rel, **TOL)
 
 
+@pytest.mark.parametrize("kwargs", [{}, dict(symmetric_rels=True), dict(add_bias_kv=True, n_kv_heads=1),
+                                    dict(key_dim=4, n_relations=3, rel_proj_dim=5)])
+def test_input_projections_equal_the_four_linears(kwargs):
+    """RA's stacked input projection (one product) equals wq_attn, wk_attn, wq_rel, wk_rel applied one by one:
+    values and the gradients of x and of every weight and bias."""
+    torch.manual_seed(3)
+    layer = RelationalAttention(D_MODEL, N_HEADS, total_n_heads=TOTAL, **kwargs).to(DT)
+    for p in layer.parameters():  # biases are zero-initialised: make them matter
+        torch.nn.init.normal_(p)
+    x = torch.randn(2, 7, D_MODEL, dtype=DT, requires_grad=True)
+    weights = torch.randn(4, dtype=DT)
+    fused = layer._input_projections(x)
+    b, n, _ = x.shape
+    rel = (b, n, layer.n_relations, layer.rel_proj_dim)
+    separate = (layer.wq_attn(x).view(b, n, layer.n_heads, layer.key_dim),
+                layer.wk_attn(x).view(b, n, layer.n_kv_heads, layer.key_dim),
+                layer.wq_rel(x).view(rel), layer.wk_rel(x).view(rel))
+    params = list({id(p): p for m in (layer.wq_attn, layer.wk_attn, layer.wq_rel, layer.wk_rel)
+                   for p in m.parameters()}.values())
+    grads = []
+    for outs in (fused, separate):
+        loss = sum(w * o.square().sum() for w, o in zip(weights, outs, strict=True))
+        grads.append(torch.autograd.grad(loss, [x, *params]))
+    for a, e in zip(fused, separate, strict=True):
+        torch.testing.assert_close(a, e, **TOL)
+    for a, e in zip(*grads, strict=True):
+        torch.testing.assert_close(a, e, **TOL)
+
+
 def _problem(q, k, q_rel, k_rel, v, wr, mask=None, is_causal=False, **kw):
     """An RAProblem of raw tensors (per-token values ``v``)."""
     return rf.RAProblem(q, k, q_rel, k_rel, TokenValues(v), wr, mask=AttentionMask(mask, is_causal), **kw)
@@ -244,7 +273,9 @@ def test_fast_paths_never_build_an_n_by_n_tensor(impl):
     assert _largest_tensor(layer, "plain", n, is_causal=True) >= per_head_square
     largest = _largest_tensor(layer, impl, n, is_causal=True)
     bound = layer.n_heads * n * max(POLICY.block_size, POLICY.tile_rows) * layer.n_relations
-    assert largest <= max(bound, n * (layer.head_dim + layer.n_relations * layer.rel_proj_dim) * layer.n_heads)
+    stacked_projection = n * (layer.wq_attn.out_features + layer.wk_attn.out_features + 2 * layer.wq_rel.out_features)
+    assert largest <= max(bound, n * (layer.head_dim + layer.n_relations * layer.rel_proj_dim) * layer.n_heads,
+                          stacked_projection)
     assert largest < per_head_square // 2
 
 
