@@ -31,8 +31,7 @@ MODEL_HELP = "comma-separated models, or 'all': vit, dat-sa1-ra1, dat-sa0-ra2, p
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("demo", help=HELP, description=DESCRIPTION,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = experiment_parser(subparsers, "demo", HELP, DESCRIPTION)
     p.add_argument("--tasks", metavar="T1,T2", help="comma-separated tasks: same, occurs, xoccurs, between, "
                    "match_pattern (default xoccurs)")
     p.add_argument("--sizes", metavar="N1,N2", help="comma-separated training-set sizes (default 250,2500)")
@@ -42,6 +41,12 @@ def register(subparsers) -> None:
     p.add_argument("--paper", action="store_true", help="the paper's full grid (see above)")
     add_run_flags(p, "results/demo, results/demo-paper")
     p.set_defaults(func=run)
+
+
+def experiment_parser(subparsers, name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+    """The subcommand parser of an experiment (its description printed as written)."""
+    return subparsers.add_parser(name, help=help_text, description=description,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def add_settings_flags(p, flags) -> None:

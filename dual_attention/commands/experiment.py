@@ -21,12 +21,11 @@ questions, d_model 64, 500 steps of 64 pairs, 2 worker processes: about 5 minute
 
 
 def register(subparsers) -> None:
-    from dual_attention.commands.demo import add_run_flags, add_settings_flags
+    from dual_attention.commands.demo import add_run_flags, add_settings_flags, experiment_parser
 
     p = subparsers.add_parser("experiment", help=HELP, description=HELP + ".")
     sub = p.add_subparsers(dest="experiment", metavar="EXPERIMENT")
-    m = sub.add_parser("math", help=MATH_HELP, description=MATH_DESCRIPTION,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    m = experiment_parser(sub, "math", MATH_HELP, MATH_DESCRIPTION)
     m.add_argument("--families", metavar="F1,F2", help="comma-separated families, 'all4' or 'all' (default "
                    "algebra__linear_1d,calculus__differentiate)")
     m.add_argument("--seeds", metavar="S1,S2", help="comma-separated seeds or a range like 0-2 (default 0)")
