@@ -98,7 +98,8 @@ def parse_int(flag: str, text: str, minimum: int = 0) -> int:
     return int(value)
 
 
-def _positive(flag: str, text: str) -> int:
+def parse_positive(flag: str, text: str) -> int:
+    """An integer flag value >= 1 (:func:`parse_int`)."""
     return parse_int(flag, text, minimum=1)
 
 
@@ -134,8 +135,8 @@ def parse_seeds(text: str) -> list[int]:
 
 #: flags of :class:`DemoSettings` fields: (flag, metavar, help, attribute, parse)
 SETTINGS_FLAGS = (
-    ("--epochs", "E", "epochs per run (default 50)", "epochs", _positive),
-    ("--batch-size", "B", "images per step (default 512)", "batch_size", _positive),
+    ("--epochs", "E", "epochs per run (default 50)", "epochs", parse_positive),
+    ("--batch-size", "B", "images per step (default 512)", "batch_size", parse_positive),
     ("--lr", "LR", "Adam learning rate, constant (default 1e-3)", "learning_rate", parse_float),
     ("--n-test", "N", "test images per split (default 5000; --paper 10000)", "n_test", _at_least_2),
 )

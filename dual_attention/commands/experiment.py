@@ -69,14 +69,14 @@ def _math_grid(args: argparse.Namespace, mx) -> tuple[list[str], list[int], list
 def _math_flags() -> tuple:
     """The flags of :class:`MathSettings` fields: (flag, metavar, help, attribute, parse)."""
     from dual_attention.cli import CLIError
-    from dual_attention.commands.demo import parse_float, parse_int
-
-    def positive(flag: str, text: str) -> int:
-        return parse_int(flag, text, minimum=1)
+    from dual_attention.commands.demo import parse_float, parse_positive
 
     def width(flag: str, text: str) -> int:
-        value = positive(flag, text)
-        if value % 4:
+        from dual_attention.experiments.math import MathSettings
+
+        value = parse_positive(flag, text)
+        default = MathSettings()
+        if value % (default.n_heads_sa + default.n_heads_ra):
             raise CLIError(f"--d-model must be divisible by the 4 heads, got {text!r}")
         return value
 
@@ -88,11 +88,11 @@ def _math_flags() -> tuple:
         return text
 
     return (
-        ("--steps", "N", "optimizer steps per run (default 500)", "steps", positive),
-        ("--batch-size", "B", "pairs per step (default 64)", "batch_size", positive),
+        ("--steps", "N", "optimizer steps per run (default 500)", "steps", parse_positive),
+        ("--batch-size", "B", "pairs per step (default 64)", "batch_size", parse_positive),
         ("--lr", "LR", "peak learning rate (default 1e-3)", "learning_rate", parse_float),
-        ("--n-train", "N", "training pairs per family (default 10000)", "n_train", positive),
-        ("--n-test", "N", "held-out test questions per family (default 500)", "n_test", positive),
+        ("--n-train", "N", "training pairs per family (default 10000)", "n_train", parse_positive),
+        ("--n-test", "N", "held-out test questions per family (default 500)", "n_test", parse_positive),
         ("--difficulty", "D", "easy, medium or hard (default easy)", "difficulty", difficulty),
         ("--d-model", "D", "model width (default 64)", "d_model", width),
     )
