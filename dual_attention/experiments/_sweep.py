@@ -131,7 +131,7 @@ class Sweep:
     keep the finished records in job order (``order``), and after every run rewrite ``results.json`` (``meta`` and
     the environment, completeness, elapsed time, the runs and ``summarize(runs)``) and ``results.csv``
     (``csv_rows(runs)``, default the runs themselves, with the header ``csv_fields``), so an interrupted sweep keeps
-    its finished runs; the figure at the end (:meth:`figure`). Nothing is written without ``out_dir``; ``t0`` is
+    its finished runs; the figure at the end (:meth:`finish`). Nothing is written without ``out_dir``; ``t0`` is
     when the sweep started (elapsed times count from it); ``say`` prints progress lines."""
 
     out_dir: str | Path | None

@@ -198,8 +198,8 @@ class AppBase:
         self.gr = import_gradio()
         self.store = ModelStore(device or default_device())
         self.initial_source = model
-        self.initial_key, self.initial_status, self.initial = None, message(
-            "enter a checkpoint directory or Hub id and click Load model"), None
+        self.initial_key, self.initial = None, None
+        self.initial_status = message("enter a checkpoint directory or Hub id and click Load model")
         if model:
             self.initial_key, self.initial_status, self.initial = self.load_status(model, None)
 
