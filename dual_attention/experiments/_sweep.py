@@ -43,6 +43,18 @@ def _init_worker(threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _start_pool(workers: int, threads: int):
+    """A spawned pool whose workers ignore SIGINT from their start: the parent ignores it while it spawns them and
+    the new interpreters inherit that, so a Ctrl-C while they import torch cannot print their tracebacks."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(threads,))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _call(task: tuple) -> tuple[int, dict]:
     fn, i, job = task
     return i, fn(*job)
@@ -90,7 +102,7 @@ def run_jobs(
                 for i, job in enumerate(jobs):
                     done(i, fn(*job))
         else:
-            pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(threads,))
+            pool = _start_pool(workers, threads)
             try:
                 for i, rec in pool.imap_unordered(_call, [(fn, i, job) for i, job in enumerate(jobs)]):
                     done(i, rec)
