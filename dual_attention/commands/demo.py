@@ -31,23 +31,37 @@ MODEL_HELP = "comma-separated models, or 'all': vit, dat-sa1-ra1, dat-sa0-ra2, p
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("demo", help=HELP, description=DESCRIPTION,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = experiment_parser(subparsers, "demo", HELP, DESCRIPTION)
     p.add_argument("--tasks", metavar="T1,T2", help="comma-separated tasks: same, occurs, xoccurs, between, "
                    "match_pattern (default xoccurs)")
     p.add_argument("--sizes", metavar="N1,N2", help="comma-separated training-set sizes (default 250,2500)")
     p.add_argument("--seeds", metavar="S1,S2", help="comma-separated seeds or a range like 0-4 (default 0-2)")
     p.add_argument("--models", metavar="M1,M2", help=MODEL_HELP)
-    p.add_argument("--epochs", metavar="E", help="epochs per run (default 50)")
-    p.add_argument("--batch-size", metavar="B", help="images per step (default 512)")
-    p.add_argument("--lr", metavar="LR", help="Adam learning rate, constant (default 1e-3)")
-    p.add_argument("--n-test", metavar="N", help="test images per split (default 5000; --paper 10000)")
+    add_settings_flags(p, SETTINGS_FLAGS)
     p.add_argument("--paper", action="store_true", help="the paper's full grid (see above)")
-    p.add_argument("--out", metavar="DIR", help="results directory (default results/demo, results/demo-paper)")
+    add_run_flags(p, "results/demo, results/demo-paper")
+    p.set_defaults(func=run)
+
+
+def experiment_parser(subparsers, name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+    """The subcommand parser of an experiment (its description printed as written)."""
+    return subparsers.add_parser(name, help=help_text, description=description,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_settings_flags(p, flags) -> None:
+    """Register the settings flags of a table of ``(flag, metavar, help, attribute, parse)`` rows (values are
+    parsed later by :func:`set_from_flags`, so that a bad value is one error line naming the flag)."""
+    for flag, metavar, help_text, _, _ in flags:
+        p.add_argument(flag, metavar=metavar, help=help_text)
+
+
+def add_run_flags(p, default_out: str) -> None:
+    """The flags every experiment command takes: --out, --workers, --threads, --no-progress."""
+    p.add_argument("--out", metavar="DIR", help=f"results directory (default {default_out})")
     p.add_argument("--workers", metavar="N", help="parallel training processes (default: 2, at most the CPU count)")
     p.add_argument("--threads", metavar="N", help="torch threads per process (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
 
 
 def parse_list(flag: str, text: str, kind: type = str) -> list:
@@ -84,6 +98,15 @@ def parse_int(flag: str, text: str, minimum: int = 0) -> int:
     return int(value)
 
 
+def parse_positive(flag: str, text: str) -> int:
+    """An integer flag value >= 1 (:func:`parse_int`)."""
+    return parse_int(flag, text, minimum=1)
+
+
+def _at_least_2(flag: str, text: str) -> int:
+    return parse_int(flag, text, minimum=2)
+
+
 def parse_float(flag: str, text: str) -> float:
     from dual_attention.cli import CLIError
 
@@ -110,10 +133,42 @@ def parse_seeds(text: str) -> list[int]:
     return parse_list("--seeds", text, int)
 
 
+#: flags of :class:`DemoSettings` fields: (flag, metavar, help, attribute, parse)
+SETTINGS_FLAGS = (
+    ("--epochs", "E", "epochs per run (default 50)", "epochs", parse_positive),
+    ("--batch-size", "B", "images per step (default 512)", "batch_size", parse_positive),
+    ("--lr", "LR", "Adam learning rate, constant (default 1e-3)", "learning_rate", parse_float),
+    ("--n-test", "N", "test images per split (default 5000; --paper 10000)", "n_test", _at_least_2),
+)
+
+
 def default_workers() -> int:
     import os
 
     return max(1, min(2, os.cpu_count() or 1))
+
+
+def pool_flags(args: argparse.Namespace) -> tuple[int, int]:
+    """``(workers, threads)`` from --workers (default :func:`default_workers`) and --threads (default 1)."""
+    workers = parse_int("--workers", args.workers, minimum=1) if args.workers else default_workers()
+    threads = parse_int("--threads", args.threads, minimum=1) if args.threads else 1
+    return workers, threads
+
+
+def set_from_flags(settings, args: argparse.Namespace, flags) -> None:
+    """For each row ``(flag, metavar, help, attribute, parse)`` of ``flags`` whose flag was given, in order:
+    ``settings.attribute = parse(flag, value)`` (a parse error is a CLIError naming the flag)."""
+    for flag, _, _, attr, parse in flags:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            setattr(settings, attr, parse(flag, value))
+
+
+def print_files(files: dict[str, str]) -> None:
+    """``wrote PATH`` for the results JSON, CSV and figure that were written."""
+    for kind in ("json", "csv", "png"):
+        if kind in files:
+            print(f"wrote {files[kind]}")
 
 
 def _grid(args: argparse.Namespace, rg) -> tuple[list[str], list[int], list[int], list[str]]:
@@ -151,16 +206,8 @@ def run(args: argparse.Namespace) -> int:
 
     tasks, sizes, seeds, models = _grid(args, rg)
     settings = rg.DemoSettings(n_test=10_000 if args.paper else 5000)
-    if args.epochs is not None:
-        settings.epochs = parse_int("--epochs", args.epochs, minimum=1)
-    if args.batch_size is not None:
-        settings.batch_size = parse_int("--batch-size", args.batch_size, minimum=1)
-    if args.lr is not None:
-        settings.learning_rate = parse_float("--lr", args.lr)
-    if args.n_test is not None:
-        settings.n_test = parse_int("--n-test", args.n_test, minimum=2)
-    workers = parse_int("--workers", args.workers, minimum=1) if args.workers else default_workers()
-    threads = parse_int("--threads", args.threads, minimum=1) if args.threads else 1
+    set_from_flags(settings, args, SETTINGS_FLAGS)
+    workers, threads = pool_flags(args)
     out = args.out or ("results/demo-paper" if args.paper else "results/demo")
 
     try:
@@ -182,7 +229,5 @@ def run(args: argparse.Namespace) -> int:
     print(res.table())
     print()
     print("parameters: " + " | ".join(f"{rg.VARIANTS[k].label} {n:,}" for k, n in res.param_counts.items()))
-    for kind in ("json", "csv", "png"):
-        if kind in res.files:
-            print(f"wrote {res.files[kind]}")
+    print_files(res.files)
     return 0

@@ -21,25 +21,17 @@ questions, d_model 64, 500 steps of 64 pairs, 2 worker processes: about 5 minute
 
 
 def register(subparsers) -> None:
+    from dual_attention.commands.demo import add_run_flags, add_settings_flags, experiment_parser
+
     p = subparsers.add_parser("experiment", help=HELP, description=HELP + ".")
     sub = p.add_subparsers(dest="experiment", metavar="EXPERIMENT")
-    m = sub.add_parser("math", help=MATH_HELP, description=MATH_DESCRIPTION,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    m = experiment_parser(sub, "math", MATH_HELP, MATH_DESCRIPTION)
     m.add_argument("--families", metavar="F1,F2", help="comma-separated families, 'all4' or 'all' (default "
                    "algebra__linear_1d,calculus__differentiate)")
     m.add_argument("--seeds", metavar="S1,S2", help="comma-separated seeds or a range like 0-2 (default 0)")
     m.add_argument("--models", metavar="M1,M2", help="comma-separated: transformer, dat (default both)")
-    m.add_argument("--steps", metavar="N", help="optimizer steps per run (default 500)")
-    m.add_argument("--batch-size", metavar="B", help="pairs per step (default 64)")
-    m.add_argument("--lr", metavar="LR", help="peak learning rate (default 1e-3)")
-    m.add_argument("--n-train", metavar="N", help="training pairs per family (default 10000)")
-    m.add_argument("--n-test", metavar="N", help="held-out test questions per family (default 500)")
-    m.add_argument("--difficulty", metavar="D", help="easy, medium or hard (default easy)")
-    m.add_argument("--d-model", metavar="D", help="model width (default 64)")
-    m.add_argument("--out", metavar="DIR", help="results directory (default results/math)")
-    m.add_argument("--workers", metavar="N", help="parallel training processes (default: 2, at most the CPU count)")
-    m.add_argument("--threads", metavar="N", help="torch threads per process (default 1)")
-    m.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_settings_flags(m, _math_flags())
+    add_run_flags(m, "results/math")
     m.set_defaults(func=run_math)
     p.set_defaults(func=_no_experiment)
 
@@ -50,11 +42,11 @@ def _no_experiment(args: argparse.Namespace) -> int:
     raise CLIError("name an experiment: dat experiment math (see dat experiment --help)")
 
 
-def run_math(args: argparse.Namespace) -> int:
+def _math_grid(args: argparse.Namespace, mx) -> tuple[list[str], list[int], list[str]]:
+    """Families, seeds and models from the flags (CLIError on a bad value)."""
     from dual_attention.cli import CLIError
-    from dual_attention.commands.demo import default_workers, parse_float, parse_int, parse_list, parse_seeds
-    from dual_attention.data.math_tasks import DIFFICULTIES, FAMILIES
-    from dual_attention.experiments import math as mx
+    from dual_attention.commands.demo import parse_list, parse_seeds
+    from dual_attention.data.math_tasks import FAMILIES
 
     if args.families in ("all", "all4"):
         families = list(FAMILIES if args.families == "all" else mx.FOUR_FAMILIES)
@@ -71,27 +63,50 @@ def run_math(args: argparse.Namespace) -> int:
     for flag, values in (("--families", families), ("--seeds", seeds), ("--models", models)):
         if len(set(values)) != len(values):
             raise CLIError(f"{flag} lists a value twice: {','.join(map(str, values))}")
+    return families, seeds, models
+
+
+def _math_flags() -> tuple:
+    """The flags of :class:`MathSettings` fields: (flag, metavar, help, attribute, parse)."""
+    from dual_attention.cli import CLIError
+    from dual_attention.commands.demo import parse_float, parse_positive
+
+    def width(flag: str, text: str) -> int:
+        from dual_attention.experiments.math import MathSettings
+
+        value = parse_positive(flag, text)
+        default = MathSettings()
+        if value % (default.n_heads_sa + default.n_heads_ra):
+            raise CLIError(f"--d-model must be divisible by the 4 heads, got {text!r}")
+        return value
+
+    def difficulty(flag: str, text: str) -> str:
+        from dual_attention.data.math_tasks import DIFFICULTIES
+
+        if text not in DIFFICULTIES:
+            raise CLIError(f"--difficulty must be one of: {', '.join(DIFFICULTIES)}; got {text!r}")
+        return text
+
+    return (
+        ("--steps", "N", "optimizer steps per run (default 500)", "steps", parse_positive),
+        ("--batch-size", "B", "pairs per step (default 64)", "batch_size", parse_positive),
+        ("--lr", "LR", "peak learning rate (default 1e-3)", "learning_rate", parse_float),
+        ("--n-train", "N", "training pairs per family (default 10000)", "n_train", parse_positive),
+        ("--n-test", "N", "held-out test questions per family (default 500)", "n_test", parse_positive),
+        ("--difficulty", "D", "easy, medium or hard (default easy)", "difficulty", difficulty),
+        ("--d-model", "D", "model width (default 64)", "d_model", width),
+    )
+
+
+def run_math(args: argparse.Namespace) -> int:
+    from dual_attention.cli import CLIError
+    from dual_attention.commands.demo import pool_flags, print_files, set_from_flags
+    from dual_attention.experiments import math as mx
+
+    families, seeds, models = _math_grid(args, mx)
     s = mx.MathSettings()
-    if args.steps is not None:
-        s.steps = parse_int("--steps", args.steps, minimum=1)
-    if args.batch_size is not None:
-        s.batch_size = parse_int("--batch-size", args.batch_size, minimum=1)
-    if args.lr is not None:
-        s.learning_rate = parse_float("--lr", args.lr)
-    if args.n_train is not None:
-        s.n_train = parse_int("--n-train", args.n_train, minimum=1)
-    if args.n_test is not None:
-        s.n_test = parse_int("--n-test", args.n_test, minimum=1)
-    if args.d_model is not None:
-        s.d_model = parse_int("--d-model", args.d_model, minimum=1)
-        if s.d_model % (s.n_heads_sa + s.n_heads_ra):
-            raise CLIError(f"--d-model must be divisible by the 4 heads, got {args.d_model!r}")
-    if args.difficulty is not None:
-        if args.difficulty not in DIFFICULTIES:
-            raise CLIError(f"--difficulty must be one of: {', '.join(DIFFICULTIES)}; got {args.difficulty!r}")
-        s.difficulty = args.difficulty
-    workers = parse_int("--workers", args.workers, minimum=1) if args.workers else default_workers()
-    threads = parse_int("--threads", args.threads, minimum=1) if args.threads else 1
+    set_from_flags(s, args, _math_flags())
+    workers, threads = pool_flags(args)
     out = args.out or "results/math"
     try:
         res = mx.run_math(families, seeds, models, settings=s, out_dir=out, workers=workers, threads=threads,
@@ -109,7 +124,5 @@ def run_math(args: argparse.Namespace) -> int:
         counts = sorted({r["n_params"] for r in res.runs if r["model"] == m})
         span = f"{counts[0]:,}" if len(counts) == 1 else f"{counts[0]:,} to {counts[-1]:,}"
         print(f"parameters of {mx.MODEL_LABELS[m]}: {span} (the character vocabulary depends on the family)")
-    for kind in ("json", "csv", "png"):
-        if kind in res.files:
-            print(f"wrote {res.files[kind]}")
+    print_files(res.files)
     return 0

@@ -41,40 +41,52 @@ def _check(args, CLIError) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-    import time
-
     import torch
 
     from dual_attention.cli import CLIError
     from dual_attention.training.cli_support import user_errors
     from dual_attention.training.distributed import resolve_device
     from dual_attention.training.inference import load_trained
-    from dual_attention.training.tokenizers import StreamDecoder
 
     _check(args, CLIError)
     with user_errors():
         device = resolve_device(args.device, "--device")
         loaded = load_trained(args.checkpoint, map_location=device)
-    model, tok = loaded.model, loaded.tokenizer
-    name = type(model).__name__.removesuffix("_HFHub")
+    name = type(loaded.model).__name__.removesuffix("_HFHub")
     if loaded.family == "vision":
         raise CLIError(f"checkpoint {args.checkpoint!r} is a vision model ({name}); dat generate needs a "
                        "language model or a seq2seq model (use dat eval)")
-    if tok is None:
+    if loaded.tokenizer is None:
         raise CLIError(f"checkpoint {args.checkpoint!r} has no tokenizer.json and its vocabulary "
                        "does not identify a tokenizer")
     torch.manual_seed(args.seed)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     if loaded.family == "seq2seq":
-        src = _seq2seq_source(args.prompt, tok, model, CLIError)
-        src = src.to(device)
-        out = model.generate(src, max_new_tokens=args.max_new_tokens, bos_token_id=tok.bos_token_id,
-                             eos_token_id=tok.eos_token_id, temperature=args.temperature,
-                             top_k=args.top_k, top_p=args.top_p)
-        print(tok.decode(out[0, 1:].tolist()))
-        return 0
+        _decode_seq2seq(args, loaded.model, loaded.tokenizer, device, CLIError)
+    else:
+        _stream_lm(args, loaded.model, loaded.tokenizer, device, gen, CLIError)
+    return 0
+
+
+def _decode_seq2seq(args: argparse.Namespace, model, tok, device, CLIError) -> None:
+    """Decode a target for the source ``--prompt`` and print it."""
+    src = _seq2seq_source(args.prompt, tok, model, CLIError)
+    src = src.to(device)
+    out = model.generate(src, max_new_tokens=args.max_new_tokens, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, temperature=args.temperature,
+                         top_k=args.top_k, top_p=args.top_p)
+    print(tok.decode(out[0, 1:].tolist()))
+
+
+def _stream_lm(args: argparse.Namespace, model, tok, device, gen, CLIError) -> None:
+    """Write ``--prompt`` and its continuation to stdout as the tokens come (the compile time on stderr)."""
+    import sys
+    import time
+
+    import torch
+
     from dual_attention.generation import stream_generate
+    from dual_attention.training.tokenizers import StreamDecoder
 
     ids = tok.encode(args.prompt) or tok.encode("\n")
     idx = torch.tensor([ids], dtype=torch.long, device=device)
@@ -104,7 +116,6 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(str(e)) from None
     out.write(dec.flush() + "\n")
     out.flush()
-    return 0
 
 
 def _seq2seq_source(prompt: str, tok, model, CLIError):

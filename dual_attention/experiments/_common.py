@@ -1,17 +1,15 @@
-"""Helpers shared by the experiment modules: statistics, result files, a process pool with a progress bar."""
+"""Helpers shared by the experiment modules: statistics, argument checks, result files, the environment.
+
+The sweep skeleton (process pool, progress bar, result files rewritten after every run) is in :mod:`._sweep`."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
-import multiprocessing as mp
 import os
 import platform
-import sys
-import time
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +18,11 @@ __all__ = [
     "welch_t_test",
     "check_int_list",
     "check_choices",
+    "check_pool",
     "write_json",
     "write_csv",
+    "save_figure",
     "environment",
-    "torch_threads",
-    "run_jobs",
 ]
 
 
@@ -131,6 +129,13 @@ def check_choices(name: str, values: Iterable[Any], allowed: Sequence[str]) -> l
     return out
 
 
+def check_pool(workers: Any, threads: Any) -> None:
+    """``workers`` (processes) and ``threads`` (torch threads each) must be ints >= 1 (ValueError naming them)."""
+    for name, v in (("workers", workers), ("threads", threads)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+
+
 def write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically (a temporary file, then ``os.replace``)."""
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -173,105 +178,3 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
     }
-
-
-@contextmanager
-def torch_threads(n: int | None):
-    """Temporarily set ``torch.set_num_threads(n)`` (no change for ``None``)."""
-    import torch
-
-    old = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if n is not None:
-            torch.set_num_threads(old)
-
-
-def _init_worker(threads: int) -> None:
-    import signal
-
-    import torch
-
-    torch.set_num_threads(threads)
-    # Ctrl-C reaches the whole process group: the parent alone handles it (and terminates the workers), so the
-    # workers neither print tracebacks nor hold up the exit
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _call(task: tuple) -> tuple[int, dict]:
-    fn, i, job = task
-    return i, fn(*job)
-
-
-def run_jobs(
-    fn: Callable[..., dict],
-    jobs: Sequence[tuple],
-    *,
-    workers: int,
-    threads: int,
-    progress: bool,
-    desc: str,
-    on_result: Callable[[dict], None] | None = None,
-    postfix: Callable[[dict], str] | None = None,
-) -> list[dict]:
-    """Run ``fn(*job)`` for every job, in this process (``workers == 1``) or in a spawned process pool.
-
-    Each job runs with ``threads`` torch threads: small models train fastest with one thread per process
-    and one process per core (intra-op threads only add synchronisation at these sizes). ``on_result``
-    is called in this process after every finished job (e.g. to save partial results); results come back
-    in the order of ``jobs``. A tqdm bar counts finished jobs. On Ctrl-C (``KeyboardInterrupt``) the pool's
-    workers, which ignore SIGINT, are terminated at once and the interrupt is re-raised; a second Ctrl-C during
-    that clean-up is ignored.
-    """
-    import signal
-
-    from tqdm.auto import tqdm
-
-    results: list[dict | None] = [None] * len(jobs)
-    bar = tqdm(total=len(jobs), desc=desc, unit="run", disable=not progress, file=sys.stderr, dynamic_ncols=True,
-               smoothing=0.0)
-
-    def done(i: int, rec: dict) -> None:
-        results[i] = rec
-        if on_result is not None:
-            on_result(rec)
-        if postfix is not None:
-            bar.set_postfix_str(postfix(rec), refresh=False)
-        bar.update(1)
-
-    try:
-        if workers <= 1:
-            with torch_threads(threads):
-                for i, job in enumerate(jobs):
-                    done(i, fn(*job))
-        else:
-            pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(threads,))
-            try:
-                for i, rec in pool.imap_unordered(_call, [(fn, i, job) for i, job in enumerate(jobs)]):
-                    done(i, rec)
-                pool.close()
-                pool.join()
-            except BaseException:
-                previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut clean-up
-                try:
-                    pool.terminate()
-                    pool.join()
-                finally:
-                    signal.signal(signal.SIGINT, previous)
-                raise
-    finally:
-        bar.close()
-    return [r for r in results if r is not None]
-
-
-def elapsed_str(seconds: float) -> str:
-    """``125.3`` -> ``'2 min 05 s'``."""
-    m, s = divmod(int(round(seconds)), 60)
-    return f"{m} min {s:02d} s" if m else f"{seconds:.1f} s"
-
-
-def now() -> float:
-    return time.time()

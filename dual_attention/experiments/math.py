@@ -31,17 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dual_attention.experiments._common import (
-    check_choices,
-    check_int_list,
-    elapsed_str,
-    environment,
-    mean_std,
-    run_jobs,
-    save_figure,
-    write_csv,
-    write_json,
-)
+from dual_attention.experiments._common import check_choices, check_int_list, check_pool, mean_std, save_figure
+from dual_attention.experiments._sweep import Sweep, SweepResult
 
 __all__ = [
     "MODELS",
@@ -334,18 +325,23 @@ def plot_math(summary: Sequence[dict], path: str | Path, models: Sequence[str] =
 
 
 @dataclass
-class MathResult:
+class MathResult(SweepResult):
     """What :func:`run_math` returns."""
 
-    runs: list[dict[str, Any]]
-    summary: list[dict[str, Any]]
-    param_counts: dict[str, int]
     settings: MathSettings
     elapsed_s: float
     files: dict[str, str] = field(default_factory=dict)
 
     def table(self) -> str:
         return format_table(self.summary)
+
+
+def _describe(settings: MathSettings, counts: dict[str, int], models: Sequence[str], say) -> None:
+    say("parameters (character vocabulary of 40): "
+        + " | ".join(f"{MODEL_LABELS[m]} {counts[m]:,}" for m in models))
+    say(f"per run: {settings.n_train} training pairs ({settings.difficulty}), {settings.n_test} held-out "
+        f"questions; {settings.steps} steps x batch {settings.batch_size}, AdamW lr {settings.learning_rate:g} "
+        f"(warmup {settings.warmup_iters}, cosine to lr/10), weight decay {settings.weight_decay:g}")
 
 
 def run_math(
@@ -371,61 +367,20 @@ def run_math(
     seeds = check_int_list("seeds", seeds, 0)
     models = check_choices("models", models, MODELS)
     settings = settings or MathSettings()
-    for name, v in (("workers", workers), ("threads", threads)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    check_pool(workers, threads)
     say = log or (lambda s: None)
     t0 = time.time()
     counts = parameter_counts(settings)
-    say("parameters (character vocabulary of 40): "
-        + " | ".join(f"{MODEL_LABELS[m]} {counts[m]:,}" for m in models))
-    say(f"per run: {settings.n_train} training pairs ({settings.difficulty}), {settings.n_test} held-out "
-        f"questions; {settings.steps} steps x batch {settings.batch_size}, AdamW lr {settings.learning_rate:g} "
-        f"(warmup {settings.warmup_iters}, cosine to lr/10), weight decay {settings.weight_decay:g}")
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+    _describe(settings, counts, models, say)
     jobs = [(f, s, m, settings) for f in families for s in seeds for m in models]
-    done: list[dict] = []
-    files: dict[str, str] = {}
-    meta = {
-        "experiment": "math",
-        "families": families, "seeds": seeds, "models": models,
-        "settings": dataclasses.asdict(settings),
-        "param_counts_vocab40": counts,
-        "environment": environment(),
-        "workers": workers, "threads": threads,
-    }
-
-    def order(r: dict) -> tuple:
-        return (families.index(r["family"]), r["seed"], models.index(r["model"]))
-
-    def save(rec: dict | None = None) -> None:
-        if rec is not None:
-            done.append(rec)
-        if out is None:
-            return
-        runs = sorted(done, key=order)
-        write_json(out / "results.json", {**meta, "complete": len(runs) == len(jobs), "n_runs": len(jobs),
-                                          "elapsed_s": round(time.time() - t0, 1), "runs": runs,
-                                          "summary": summarize(runs)})
-        write_csv(out / "results.csv", runs, CSV_FIELDS)
-        files["json"] = str(out / "results.json")
-        files["csv"] = str(out / "results.csv")
-
-    run_jobs(run_one, jobs, workers=workers, threads=threads, progress=progress, desc="math", on_result=save,
-             postfix=lambda r: f"{r['family']} {r['model']}: exact {100 * r['exact_match']:.1f}%")
-    runs = sorted(done, key=order)
+    meta = {"experiment": "math", "families": families, "seeds": seeds, "models": models,
+            "settings": dataclasses.asdict(settings), "param_counts_vocab40": counts}
+    sweep = Sweep(out_dir, meta, len(jobs), summarize=summarize, csv_fields=CSV_FIELDS, workers=workers,
+                  threads=threads, say=say, t0=t0,
+                  order=lambda r: (families.index(r["family"]), r["seed"], models.index(r["model"])))
+    runs = sweep.run(run_one, jobs, progress=progress, desc="math",
+                     postfix=lambda r: f"{r['family']} {r['model']}: exact {100 * r['exact_match']:.1f}%")
     summary = summarize(runs)
-    elapsed = time.time() - t0
-    save()
-    if out is not None:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            say("matplotlib is not installed (pip install 'dual_attention[plot]'): no math_accuracy.png")
-        else:
-            files["png"] = str(plot_math(summary, out / "math_accuracy.png", models))
-    say(f"{len(runs)} runs in {elapsed_str(elapsed)}")
-    return MathResult(runs=runs, summary=summary, param_counts=counts, settings=settings, elapsed_s=elapsed,
-                      files=files)
+    sweep.finish("math_accuracy.png", lambda path: plot_math(summary, path, models))
+    return MathResult(runs=runs, summary=summary, param_counts=counts, settings=settings, elapsed_s=sweep.elapsed_s,
+                      files=sweep.files)

@@ -38,15 +38,12 @@ from typing import Any
 from dual_attention.experiments._common import (
     check_choices,
     check_int_list,
-    elapsed_str,
-    environment,
+    check_pool,
     mean_std,
-    run_jobs,
     save_figure,
     welch_t_test,
-    write_csv,
-    write_json,
 )
+from dual_attention.experiments._sweep import Sweep, SweepResult
 
 __all__ = [
     "Variant",
@@ -382,12 +379,9 @@ def plot_learning_curves(summary: Sequence[dict], path: str | Path, title: str |
 
 
 @dataclass
-class GridResult:
+class GridResult(SweepResult):
     """What :func:`run_grid` returns: every run's record, the summary rows and where the files went."""
 
-    runs: list[dict[str, Any]]
-    summary: list[dict[str, Any]]
-    param_counts: dict[str, int]
     settings: DemoSettings
     variants: list[str]
     elapsed_s: float
@@ -412,6 +406,12 @@ def grid_jobs(tasks: Sequence[str], sizes: Sequence[int], seeds: Sequence[int],
         return small or big
 
     return [(t, n, s, v) for s in seeds for t in tasks for n in sorted(task_sizes(t), reverse=True) for v in variants]
+
+
+def _curves_title(settings: DemoSettings, n_seeds: int) -> str:
+    return (f"Relational games: accuracy vs training images (mean ± std over {n_seeds} "
+            f"seed{'s' if n_seeds > 1 else ''})\nauthors' protocol: {settings.epochs} epochs, batch "
+            f"{settings.batch_size}, Adam {settings.learning_rate:g}; trained on pentominoes")
 
 
 def run_grid(
@@ -440,9 +440,7 @@ def run_grid(
     seeds = check_int_list("seeds", seeds, 0)
     variants = check_choices("variants", variants, tuple(VARIANTS))
     settings = settings or DemoSettings()
-    for name, v in (("workers", workers), ("threads", threads)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    check_pool(workers, threads)
     say = log or (lambda s: None)
     t0 = time.time()
     counts = parameter_counts(variants, settings)
@@ -450,46 +448,19 @@ def run_grid(
     say(f"protocol: Adam lr {settings.learning_rate:g} constant, betas {settings.betas}, batch {settings.batch_size}, "
         f"{settings.epochs} epochs, dropout {settings.dropout:g}; {settings.n_test} test images per split")
     jobs = grid_jobs(tasks, sizes, seeds, variants)
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
     meta = {"experiment": "relational_games", "tasks": tasks, "sizes": sizes, "seeds": seeds, "variants": variants,
             "settings": dataclasses.asdict(settings), "param_counts": counts, "splits": list(SPLITS),
             "paper": [{"task": t, "n_train": n, **a} for (t, n), a in PAPER_RESULTS.items()],
-            "paper_source": PAPER_SOURCE, "environment": environment(), "workers": workers, "threads": threads}
-    done: list[dict] = []
-    files: dict[str, str] = {}
+            "paper_source": PAPER_SOURCE}
     order = {job: i for i, job in enumerate(jobs)}
-
-    def save(rec: dict | None = None) -> None:
-        if rec is not None:
-            done.append(rec)
-            done.sort(key=lambda r: order[(r["task"], r["n_train"], r["seed"], r["model"])])
-        if out is None:
-            return
-        write_json(out / "results.json", {**meta, "complete": len(done) == len(jobs), "n_runs": len(jobs),
-                                          "elapsed_s": round(time.time() - t0, 1), "runs": done,
-                                          "summary": summarize(done)})
-        write_csv(out / "results.csv", csv_rows(done), CSV_FIELDS)
-        files.update(json=str(out / "results.json"), csv=str(out / "results.csv"))
-
-    run_jobs(run_one, [(*job, settings) for job in jobs], workers=workers, threads=threads, progress=progress,
-             desc="relational games", on_result=save,
-             postfix=lambda r: f"{r['task']} n={r['n_train']} seed {r['seed']} {r['model']}: "
-                               f"{100 * r['in_distribution']:.1f}%")
-    elapsed = time.time() - t0
-    save()
-    summary = summarize(done)
-    if out is not None:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            say("matplotlib is not installed (pip install 'dual_attention[plot]'): no learning_curves.png")
-        else:
-            title = (f"Relational games: accuracy vs training images (mean ± std over {len(seeds)} "
-                     f"seed{'s' if len(seeds) > 1 else ''})\nauthors' protocol: {settings.epochs} epochs, batch "
-                     f"{settings.batch_size}, Adam {settings.learning_rate:g}; trained on pentominoes")
-            files["png"] = str(plot_learning_curves(summary, out / "learning_curves.png", title=title))
-    say(f"{len(done)} runs in {elapsed_str(elapsed)}")
-    return GridResult(runs=done, summary=summary, param_counts=counts, settings=settings, variants=variants,
-                      elapsed_s=elapsed, files=files)
+    sweep = Sweep(out_dir, meta, len(jobs), summarize=summarize, csv_fields=CSV_FIELDS, csv_rows=csv_rows,
+                  workers=workers, threads=threads, say=say, t0=t0,
+                  order=lambda r: order[(r["task"], r["n_train"], r["seed"], r["model"])])
+    runs = sweep.run(run_one, [(*job, settings) for job in jobs], progress=progress, desc="relational games",
+                     postfix=lambda r: f"{r['task']} n={r['n_train']} seed {r['seed']} {r['model']}: "
+                                       f"{100 * r['in_distribution']:.1f}%")
+    summary = summarize(runs)
+    sweep.finish("learning_curves.png", lambda path: plot_learning_curves(
+        summary, path, title=_curves_title(settings, len(seeds))))
+    return GridResult(runs=runs, summary=summary, param_counts=counts, settings=settings, variants=variants,
+                      elapsed_s=sweep.elapsed_s, files=sweep.files)

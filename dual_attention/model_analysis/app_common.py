@@ -26,6 +26,7 @@ __all__ = [
     "KNOWN_HUB_MODELS",
     "AppError",
     "ModelStore",
+    "AppBase",
     "import_gradio",
     "default_device",
     "machine_info",
@@ -36,6 +37,7 @@ __all__ = [
     "parse_app_args",
     "port_problem",
     "launch",
+    "serve",
 ]
 
 #: the published checkpoints (offered as examples; downloaded only when the user loads one)
@@ -188,6 +190,46 @@ class ModelStore:
         return loaded
 
 
+class AppBase:
+    """What both apps start from: gradio, a model store on the device and the model named on the command line
+    (loaded now; a failure becomes the status text). Subclasses add the page and its event handlers."""
+
+    def __init__(self, model: str | None = None, device: str | None = None) -> None:
+        self.gr = import_gradio()
+        self.store = ModelStore(device or default_device())
+        self.initial_source = model
+        self.initial_key, self.initial = None, None
+        self.initial_status = message("enter a checkpoint directory or Hub id and click Load model")
+        if model:
+            self.initial_key, self.initial_status, self.initial = self.load_status(model, None)
+
+    @property
+    def device(self) -> str:
+        return self.store.device
+
+    def load_status(self, source: str | None, current_key: str | None) -> tuple[str | None, str, Any]:
+        """Load ``source``: ``(key, status, LoadedModel)``; on failure ``(current_key, error message, None)``."""
+        try:
+            key, loaded = self.store.load(source)
+        except AppError as e:
+            return current_key, message(str(e), "error"), None
+        return key, message(describe_model(loaded, self.device), "ok"), loaded
+
+    def model_panel(self) -> tuple[Any, Any, Any]:
+        """The checkpoint box, the published checkpoints, the Load button and the status area;
+        ``(checkpoint box, Load button, status)``."""
+        gr = self.gr
+        model_box = gr.Textbox(value=self.initial_source or "",
+                               label="Checkpoint (local directory or Hub id owner/name)", elem_id="model-path")
+        gr.Examples([[m] for m in KNOWN_HUB_MODELS], inputs=[model_box], label="Published checkpoints")
+        load_btn = gr.Button("Load model", elem_id="load-button")
+        return model_box, load_btn, gr.Markdown(self.initial_status, elem_id="model-status")
+
+    def machine_info(self, extra: str = "") -> None:
+        """The footer line: device, GPU, CPUs, memory (and ``extra``)."""
+        self.gr.Markdown(machine_info(self.device) + extra, elem_id="machine-info")
+
+
 def build_arg_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """The flags both apps take: --model, --host, --port, --share, --device (errors: one line, exit 2)."""
     from dual_attention.training.cli_support import Parser
@@ -251,3 +293,14 @@ def launch(app: Any, host: str = "127.0.0.1", port: int | None = None, share: bo
     except OSError as e:
         sys.stderr.write(f"error: cannot start the app on {host}:{port or 'a free port'}: {one_line(e)}\n")
         raise SystemExit(2) from None
+
+
+def serve(prog: str, title: str, build: Callable[[str | None, str | None], Any], argv: list[str] | None = None,
+          setup: Callable[[], None] | None = None) -> int:
+    """An app's ``main``: parse and check the flags, run ``setup``, build the app with ``--model``/``--device`` and
+    launch it (blocking); 0."""
+    args = parse_app_args(prog, title, argv)
+    if setup is not None:
+        setup()
+    launch(build(args.model, args.device), args.host, args.port, args.share)
+    return 0

@@ -22,18 +22,7 @@ from collections.abc import Iterator
 
 import torch
 
-from dual_attention.model_analysis.app_common import (
-    KNOWN_HUB_MODELS,
-    AppError,
-    ModelStore,
-    default_device,
-    describe_model,
-    import_gradio,
-    launch,
-    machine_info,
-    message,
-    parse_app_args,
-)
+from dual_attention.model_analysis.app_common import AppBase, AppError, message, serve
 
 __all__ = ["build_app", "generate_text", "main"]
 
@@ -85,34 +74,25 @@ def generate_text(loaded, prompt: str, *, temperature: float = 0.8, top_k: int |
     yield text.finish(), count
 
 
-def build_app(model: str | None = None, device: str | None = None, *, max_new_tokens_limit: int = 1024):
-    """Build the app (a ``gr.Blocks``); ``model`` (a path or Hub id) is loaded now, errors shown in the page."""
-    gr = import_gradio()
-    device = device or default_device()
-    store = ModelStore(device)
-    initial_key, initial_status = None, message("enter a checkpoint directory or Hub id and click Load model")
-    if model:
-        try:
-            initial_key, loaded = store.load(model)
-            initial_status = message(describe_model(loaded, device), "ok")
-        except AppError as e:
-            initial_status = message(str(e), "error")
+class _InferenceApp(AppBase):
+    """The page and its event handlers (one instance per built app; the model store is shared by its sessions)."""
 
-    def load_model(source: str, current_key: str | None):
-        try:
-            key, loaded = store.load(source)
-        except AppError as e:
-            return current_key, message(str(e), "error")
-        return key, message(describe_model(loaded, device), "ok")
+    def __init__(self, model: str | None, device: str | None, max_new_tokens_limit: int) -> None:
+        super().__init__(model, device)
+        self.limit = max_new_tokens_limit
 
-    def generate(key, prompt, temperature, top_k, top_p, max_new_tokens, seed):
+    def load_model(self, source: str, current_key: str | None):
+        key, status, _ = self.load_status(source, current_key)
+        return key, status
+
+    def generate(self, key, prompt, temperature, top_k, top_p, max_new_tokens, seed):
         try:
-            loaded = store.get(key)
+            loaded = self.store.get(key)
             start = time.perf_counter()
             out, count = prompt, 0
             for text, count in generate_text(loaded, prompt, temperature=temperature, top_k=top_k, top_p=top_p,
-                                             max_new_tokens=min(int(max_new_tokens or 0), max_new_tokens_limit),
-                                             seed=int(seed or 0), device=device):
+                                             max_new_tokens=min(int(max_new_tokens or 0), self.limit),
+                                             seed=int(seed or 0), device=self.device):
                 out = prompt + text
                 rate = count / max(time.perf_counter() - start, 1e-9)
                 yield out, message(f"generating: {count} tokens, {rate:.1f} tokens/s")
@@ -120,53 +100,59 @@ def build_app(model: str | None = None, device: str | None = None, *, max_new_to
             yield out, message(f"done: {count} new tokens in {elapsed:.2f} s ({count / max(elapsed, 1e-9):.1f} "
                                "tokens/s, KV cache)", "ok")
         except AppError as e:
-            yield gr.skip(), message(str(e), "error")
+            yield self.gr.skip(), message(str(e), "error")
         except Exception as e:  # noqa: BLE001 - keep serving; show what went wrong
-            yield gr.skip(), message(f"generation failed: {type(e).__name__}: {e}", "error")
+            yield self.gr.skip(), message(f"generation failed: {type(e).__name__}: {e}", "error")
 
-    with gr.Blocks(title=TITLE) as app:
-        gr.Markdown(f"# {TITLE}\nGenerate text with a trained Dual Attention Transformer language model "
-                    "([arXiv:2405.16727](https://arxiv.org/abs/2405.16727)).")
-        model_state = gr.State(initial_key)
+    def sampling_inputs(self) -> list:
+        """The prompt and sampling controls, in :meth:`generate`'s order after the model key."""
+        gr = self.gr
+        prompt = gr.Textbox(label="Prompt", lines=4, placeholder="Once upon a time", elem_id="prompt")
         with gr.Row():
-            with gr.Column(scale=1):
-                model_box = gr.Textbox(value=model or "", label="Checkpoint (local directory or Hub id owner/name)",
-                                       elem_id="model-path")
-                gr.Examples([[m] for m in KNOWN_HUB_MODELS], inputs=[model_box], label="Published checkpoints")
-                load_btn = gr.Button("Load model", elem_id="load-button")
-                status = gr.Markdown(initial_status, elem_id="model-status")
-                prompt = gr.Textbox(label="Prompt", lines=4, placeholder="Once upon a time", elem_id="prompt")
-                with gr.Row():
-                    temperature = gr.Number(0.8, label="Temperature (0 = greedy)", minimum=0.0, step=0.05,
-                                            elem_id="temperature")
-                    top_k = gr.Number(50, label="Top-k (0 = off)", minimum=0, precision=0, elem_id="top-k")
-                top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p (1 = off)", elem_id="top-p")
-                with gr.Row():
-                    max_tokens = gr.Number(100, label="Tokens to generate", minimum=1, maximum=max_new_tokens_limit,
-                                           precision=0, elem_id="max-tokens")
-                    seed = gr.Number(0, label="Seed", precision=0, elem_id="seed")
-                with gr.Row():
-                    gen_btn = gr.Button("Generate", variant="primary", elem_id="generate-button")
-                    stop_btn = gr.Button("Stop", elem_id="stop-button")
-            with gr.Column(scale=1):
-                output = gr.Textbox(label="Prompt + generated text", lines=18, interactive=False,
-                                    buttons=["copy"], elem_id="output")
-                gen_status = gr.Markdown("", elem_id="generation-status")
-        gr.Markdown(machine_info(device), elem_id="machine-info")
+            temperature = gr.Number(0.8, label="Temperature (0 = greedy)", minimum=0.0, step=0.05,
+                                    elem_id="temperature")
+            top_k = gr.Number(50, label="Top-k (0 = off)", minimum=0, precision=0, elem_id="top-k")
+        top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p (1 = off)", elem_id="top-p")
+        with gr.Row():
+            max_tokens = gr.Number(100, label="Tokens to generate", minimum=1, maximum=self.limit, precision=0,
+                                   elem_id="max-tokens")
+            seed = gr.Number(0, label="Seed", precision=0, elem_id="seed")
+        return [prompt, temperature, top_k, top_p, max_tokens, seed]
 
-        load_btn.click(load_model, [model_box, model_state], [model_state, status])
-        model_box.submit(load_model, [model_box, model_state], [model_state, status])
-        event = gen_btn.click(generate, [model_state, prompt, temperature, top_k, top_p, max_tokens, seed],
-                              [output, gen_status])
-        stop_btn.click(None, cancels=[event])
-    return app
+    def page(self):
+        """The ``gr.Blocks``: checkpoint and sampling controls on the left, the streamed text on the right."""
+        gr = self.gr
+        with gr.Blocks(title=TITLE) as app:
+            gr.Markdown(f"# {TITLE}\nGenerate text with a trained Dual Attention Transformer language model "
+                        "([arXiv:2405.16727](https://arxiv.org/abs/2405.16727)).")
+            model_state = gr.State(self.initial_key)
+            with gr.Row():
+                with gr.Column(scale=1):
+                    model_box, load_btn, status = self.model_panel()
+                    sampling = self.sampling_inputs()
+                    with gr.Row():
+                        gen_btn = gr.Button("Generate", variant="primary", elem_id="generate-button")
+                        stop_btn = gr.Button("Stop", elem_id="stop-button")
+                with gr.Column(scale=1):
+                    output = gr.Textbox(label="Prompt + generated text", lines=18, interactive=False,
+                                        buttons=["copy"], elem_id="output")
+                    gen_status = gr.Markdown("", elem_id="generation-status")
+            self.machine_info()
+
+            for trigger in (load_btn.click, model_box.submit):
+                trigger(self.load_model, [model_box, model_state], [model_state, status])
+            event = gen_btn.click(self.generate, [model_state, *sampling], [output, gen_status])
+            stop_btn.click(None, cancels=[event])
+        return app
+
+
+def build_app(model: str | None = None, device: str | None = None, *, max_new_tokens_limit: int = 1024):
+    """Build the app (a ``gr.Blocks``); ``model`` (a path or Hub id) is loaded now, errors shown in the page."""
+    return _InferenceApp(model, device, max_new_tokens_limit).page()
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_app_args("python -m dual_attention.model_analysis.lm_inference_app", TITLE, argv)
-    app = build_app(args.model, args.device)
-    launch(app, args.host, args.port, args.share)
-    return 0
+    return serve("python -m dual_attention.model_analysis.lm_inference_app", TITLE, build_app, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

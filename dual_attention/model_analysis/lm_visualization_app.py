@@ -25,22 +25,12 @@ from __future__ import annotations
 import importlib.util
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 
-from dual_attention.model_analysis.app_common import (
-    KNOWN_HUB_MODELS,
-    AppError,
-    ModelStore,
-    default_device,
-    describe_model,
-    import_gradio,
-    launch,
-    machine_info,
-    message,
-    parse_app_args,
-)
+from dual_attention.model_analysis.app_common import AppBase, AppError, message, serve
 from dual_attention.model_analysis.postprocess import RELATION_POSTPROCESSORS
 
 __all__ = ["build_app", "model_dims", "run_analysis", "render_view", "token_table", "bertviz_html", "VIEWS", "main"]
@@ -214,154 +204,166 @@ def bertviz_html(result: dict[str, Any] | None, view_label: str, kind: str, post
     return getattr(out, "data", str(out))
 
 
-def build_app(model: str | None = None, device: str | None = None, *, max_tokens: int = 256):
-    """Build the app (a ``gr.Blocks``); ``model`` (a path or Hub id) is loaded now, errors shown in the page."""
-    gr = import_gradio()
-    device = device or default_device()
-    store = ModelStore(device)
-    has_bertviz = importlib.util.find_spec("bertviz") is not None
-    initial_key, initial_status, dims = None, message("enter a checkpoint directory or Hub id and click Load model"), \
-        None
-    if model:
+def _choices(dims: dict[str, Any] | None) -> dict[str, list[str]]:
+    """The options of the view, layer, head, relation and RA-head controls for a model of ``dims``."""
+    if dims is None:
+        return dict(views=list(VIEWS), layers=["0"], heads=[ALL], relations=[ALL], ra_heads=["0"])
+    return dict(views=dims["views"] or list(VIEWS), layers=[str(i) for i in range(dims["n_layers"])],
+                heads=[ALL] + [str(h) for h in range(max(dims["sa"], dims["ra"]))],
+                relations=[ALL] + [str(r) for r in range(dims["relations"])],
+                ra_heads=[str(h) for h in range(max(dims["ra"], 1))])
+
+
+def _default_view(views: list[str]) -> str:
+    return "Relations" if "Relations" in views else views[0]
+
+
+class _VisualizerApp(AppBase):
+    """The page and its event handlers (one instance per built app; the model store is shared by its sessions)."""
+
+    def __init__(self, model: str | None, device: str | None, max_tokens: int) -> None:
+        super().__init__(model, device)
+        self.max_tokens = max_tokens
+
+    def _model_name(self, key) -> str:
         try:
-            initial_key, loaded = store.load(model)
-            initial_status, dims = message(describe_model(loaded, device), "ok"), model_dims(loaded.model)
-        except AppError as e:
-            initial_status = message(str(e), "error")
-
-    def choices(d: dict[str, Any] | None):
-        if d is None:
-            return dict(views=list(VIEWS), layers=["0"], heads=[ALL], relations=[ALL], ra_heads=["0"])
-        return dict(views=d["views"] or list(VIEWS), layers=[str(i) for i in range(d["n_layers"])],
-                    heads=[ALL] + [str(h) for h in range(max(d["sa"], d["ra"]))],
-                    relations=[ALL] + [str(r) for r in range(d["relations"])],
-                    ra_heads=[str(h) for h in range(max(d["ra"], 1))])
-
-    init = choices(dims)
-    default_view = "Relations" if "Relations" in init["views"] else init["views"][0]
-
-    def model_name(key) -> str:
-        try:
-            return type(store.get(key).model).__name__.removesuffix("_HFHub")
+            return type(self.store.get(key).model).__name__.removesuffix("_HFHub")
         except AppError:
             return ""
 
-    def load_model(source, current_key):
-        try:
-            key, loaded = store.load(source)
-        except AppError as e:
-            return (current_key, message(str(e), "error")) + (gr.skip(),) * 7
-        c = choices(model_dims(loaded.model))
-        view = "Relations" if "Relations" in c["views"] else c["views"][0]
-        return (key, message(describe_model(loaded, device), "ok"),
-                gr.Radio(choices=c["views"], value=view), gr.Dropdown(choices=c["layers"], value="0"),
-                gr.Dropdown(choices=c["heads"], value=ALL), gr.Dropdown(choices=c["relations"], value=ALL),
-                gr.Dropdown(choices=c["ra_heads"], value="0"), None, None)
+    def _table(self, result, layer):
+        return self.gr.Dataframe(value=token_table(result, layer), headers=_table_headers(result, layer))
 
-    def forward(key, prompt, view, layer, head, relation, ra_head, post, scale):
+    def load_model(self, source, current_key):
+        gr = self.gr
+        key, status, loaded = self.load_status(source, current_key)
+        if loaded is None:
+            return (key, status) + (gr.skip(),) * 7
+        c = _choices(model_dims(loaded.model))
+        return (key, status, gr.Radio(choices=c["views"], value=_default_view(c["views"])),
+                gr.Dropdown(choices=c["layers"], value="0"), gr.Dropdown(choices=c["heads"], value=ALL),
+                gr.Dropdown(choices=c["relations"], value=ALL), gr.Dropdown(choices=c["ra_heads"], value="0"),
+                None, None)
+
+    def forward(self, key, prompt, view, layer, head, relation, ra_head, post, scale):
+        skip = self.gr.skip
         try:
-            loaded = store.get(key)
-            result = run_analysis(loaded, prompt, device, max_tokens)
+            result = run_analysis(self.store.get(key), prompt, self.device, self.max_tokens)
         except AppError as e:
-            return gr.skip(), message(str(e), "error"), gr.skip(), gr.skip()
+            return skip(), message(str(e), "error"), skip(), skip()
         except Exception as e:  # noqa: BLE001 - keep serving; show what went wrong
-            return gr.skip(), message(f"forward pass failed: {type(e).__name__}: {e}", "error"), gr.skip(), \
-                gr.skip()
+            return skip(), message(f"forward pass failed: {type(e).__name__}: {e}", "error"), skip(), skip()
         n = len(result["labels"])
-        table = gr.Dataframe(value=token_table(result, layer), headers=_table_headers(result, layer))
+        table = self._table(result, layer)
         try:
-            fig = render_view(result, view, layer, head, relation, ra_head, post, scale, model_name(key))
+            fig = render_view(result, view, layer, head, relation, ra_head, post, scale, self._model_name(key))
             note = message(f"forward pass done: {n} tokens, {len(result['analysis'].layers)} layers", "ok")
         except AppError as e:
             fig, note = None, message(f"forward pass done ({n} tokens); {e}", "warning")
         return result, note, fig, table
 
-    def rerender(key, result, view, layer, head, relation, ra_head, post, scale):
+    def rerender(self, key, result, view, layer, head, relation, ra_head, post, scale):
         if result is None:
-            return gr.skip(), gr.skip(), gr.skip()
-        table = gr.Dataframe(value=token_table(result, layer), headers=_table_headers(result, layer))
+            return self.gr.skip(), self.gr.skip(), self.gr.skip()
+        table = self._table(result, layer)
         try:
-            fig = render_view(result, view, layer, head, relation, ra_head, post, scale, model_name(key))
+            fig = render_view(result, view, layer, head, relation, ra_head, post, scale, self._model_name(key))
         except AppError as e:
             return None, message(str(e), "warning"), table
         return fig, message(f"{view}, layer {layer}", "info"), table
 
-    def make_bertviz(result, view, kind, post, scale, ra_head):
+    def make_bertviz(self, result, view, kind, post, scale, ra_head):
         try:
             page = bertviz_html(result, view, kind, post, scale, ra_head)
         except AppError as e:
-            return gr.skip(), None, message(str(e), "error")
+            return self.gr.skip(), None, message(str(e), "error")
         path = Path(tempfile.mkdtemp(prefix="dat-bertviz-")) / "bertviz.html"
         path.write_text(page, encoding="utf-8")
         srcdoc = page.replace("&", "&amp;").replace('"', "&quot;")
         frame = f'<iframe srcdoc="{srcdoc}" style="width:100%;height:720px;border:0"></iframe>'
         return frame, str(path), message(f"bertviz {kind.lower()} of {view.lower()}", "ok")
 
-    with gr.Blocks(title=TITLE) as app:
-        gr.Markdown(f"# {TITLE}\nHeat maps of a Dual Attention Transformer language model's heads "
-                    "([arXiv:2405.16727](https://arxiv.org/abs/2405.16727)). Rows are receivers i (queries), "
-                    "columns senders j (keys); relation maps show r(x_i, x_j); the unused future (j > i) is grey.")
-        model_state = gr.State(initial_key)
-        result_state = gr.State(None)
+    def view_controls(self) -> SimpleNamespace:
+        """What to show: view, layer, head, relation, RA head, relation post-processor and scale."""
+        gr = self.gr
+        init = _choices(None if self.initial is None else model_dims(self.initial.model))
+        view = gr.Radio(init["views"], value=_default_view(init["views"]), label="Show", elem_id="view")
         with gr.Row():
-            with gr.Column(scale=1, min_width=320):
-                model_box = gr.Textbox(value=model or "", label="Checkpoint (local directory or Hub id owner/name)",
-                                       elem_id="model-path")
-                gr.Examples([[m] for m in KNOWN_HUB_MODELS], inputs=[model_box], label="Published checkpoints")
-                load_btn = gr.Button("Load model", elem_id="load-button")
-                status = gr.Markdown(initial_status, elem_id="model-status")
-                prompt = gr.Textbox(label="Prompt", lines=3, placeholder="the cat sat on the mat", elem_id="prompt")
-                run_btn = gr.Button("Run forward pass", variant="primary", elem_id="run-button")
-                view = gr.Radio(init["views"], value=default_view, label="Show", elem_id="view")
-                with gr.Row():
-                    layer = gr.Dropdown(init["layers"], value="0", label="Layer", elem_id="layer")
-                    head = gr.Dropdown(init["heads"], value=ALL, label="Head (SA/RA views)", elem_id="head")
-                with gr.Row():
-                    relation = gr.Dropdown(init["relations"], value=ALL, label="Relation", elem_id="relation")
-                    ra_head = gr.Dropdown(init["ra_heads"], value="0", label="RA head (for Relations × RA)",
-                                          elem_id="ra-head")
-                with gr.Row():
-                    post = gr.Dropdown(list(RELATION_POSTPROCESSORS), value="None", label="Relation post-processor",
-                                       elem_id="postprocess")
-                    scale = gr.Slider(0.1, 50.0, value=1.0, step=0.1, label="Relation scale factor",
-                                      elem_id="scale")
-            with gr.Column(scale=2):
-                note = gr.Markdown("", elem_id="run-status")
-                plot = gr.Plot(label="Heat map", format="png", elem_id="heatmap")
-                table = gr.Dataframe(headers=["position", "token"], label="Tokens and retrieved symbols (argmax)",
-                                     interactive=False, elem_id="token-table")
-        if has_bertviz:
-            with gr.Accordion("bertviz: interactive head and model views", open=False):
-                kind = gr.Radio(["Head view", "Model view"], value="Head view", label="bertviz view")
-                viz_btn = gr.Button("Build bertviz view", elem_id="bertviz-button")
-                viz_note = gr.Markdown("")
-                viz_html = gr.HTML(elem_id="bertviz")
-                viz_file = gr.File(label="bertviz HTML")
-            viz_btn.click(make_bertviz, [result_state, view, kind, post, scale, ra_head],
-                          [viz_html, viz_file, viz_note])
-        gr.Markdown(machine_info(device) + (" · bertviz available" if has_bertviz else
-                                            " · install bertviz for its interactive views"), elem_id="machine-info")
+            layer = gr.Dropdown(init["layers"], value="0", label="Layer", elem_id="layer")
+            head = gr.Dropdown(init["heads"], value=ALL, label="Head (SA/RA views)", elem_id="head")
+        with gr.Row():
+            relation = gr.Dropdown(init["relations"], value=ALL, label="Relation", elem_id="relation")
+            ra_head = gr.Dropdown(init["ra_heads"], value="0", label="RA head (for Relations × RA)",
+                                  elem_id="ra-head")
+        with gr.Row():
+            post = gr.Dropdown(list(RELATION_POSTPROCESSORS), value="None", label="Relation post-processor",
+                               elem_id="postprocess")
+            scale = gr.Slider(0.1, 50.0, value=1.0, step=0.1, label="Relation scale factor", elem_id="scale")
+        return SimpleNamespace(view=view, layer=layer, head=head, relation=relation, ra_head=ra_head, post=post,
+                               scale=scale)
 
-        controls = [view, layer, head, relation, ra_head, post, scale]
-        load_outputs = [model_state, status, view, layer, head, relation, ra_head, result_state, plot]
-        load_btn.click(load_model, [model_box, model_state], load_outputs)
-        model_box.submit(load_model, [model_box, model_state], load_outputs)
-        run_inputs = [model_state, prompt, *controls]
-        run_btn.click(forward, run_inputs, [result_state, note, plot, table])
-        prompt.submit(forward, run_inputs, [result_state, note, plot, table])
-        for control in controls:
-            control.change(rerender, [model_state, result_state, *controls], [plot, note, table])
-    return app
+    def bertviz_section(self, result_state, c: SimpleNamespace) -> None:
+        """The bertviz accordion: view kind, button, the page and its file."""
+        gr = self.gr
+        with gr.Accordion("bertviz: interactive head and model views", open=False):
+            kind = gr.Radio(["Head view", "Model view"], value="Head view", label="bertviz view")
+            viz_btn = gr.Button("Build bertviz view", elem_id="bertviz-button")
+            viz_note = gr.Markdown("")
+            viz_html = gr.HTML(elem_id="bertviz")
+            viz_file = gr.File(label="bertviz HTML")
+        viz_btn.click(self.make_bertviz, [result_state, c.view, kind, c.post, c.scale, c.ra_head],
+                      [viz_html, viz_file, viz_note])
+
+    def page(self):
+        """The ``gr.Blocks``: checkpoint, prompt and view controls on the left, heat map and tokens on the right."""
+        gr = self.gr
+        has_bertviz = importlib.util.find_spec("bertviz") is not None
+        with gr.Blocks(title=TITLE) as app:
+            gr.Markdown(f"# {TITLE}\nHeat maps of a Dual Attention Transformer language model's heads "
+                        "([arXiv:2405.16727](https://arxiv.org/abs/2405.16727)). Rows are receivers i (queries), "
+                        "columns senders j (keys); relation maps show r(x_i, x_j); the unused future (j > i) is grey.")
+            model_state, result_state = gr.State(self.initial_key), gr.State(None)
+            with gr.Row():
+                with gr.Column(scale=1, min_width=320):
+                    model_box, load_btn, status = self.model_panel()
+                    prompt = gr.Textbox(label="Prompt", lines=3, placeholder="the cat sat on the mat",
+                                        elem_id="prompt")
+                    run_btn = gr.Button("Run forward pass", variant="primary", elem_id="run-button")
+                    c = self.view_controls()
+                with gr.Column(scale=2):
+                    note = gr.Markdown("", elem_id="run-status")
+                    plot = gr.Plot(label="Heat map", format="png", elem_id="heatmap")
+                    table = gr.Dataframe(headers=["position", "token"], label="Tokens and retrieved symbols (argmax)",
+                                         interactive=False, elem_id="token-table")
+            if has_bertviz:
+                self.bertviz_section(result_state, c)
+            self.machine_info(" · bertviz available" if has_bertviz else " · install bertviz for its interactive views")
+
+            controls = [c.view, c.layer, c.head, c.relation, c.ra_head, c.post, c.scale]
+            load_outputs = [model_state, status, *controls[:5], result_state, plot]
+            for trigger in (load_btn.click, model_box.submit):
+                trigger(self.load_model, [model_box, model_state], load_outputs)
+            for trigger in (run_btn.click, prompt.submit):
+                trigger(self.forward, [model_state, prompt, *controls], [result_state, note, plot, table])
+            for control in controls:
+                control.change(self.rerender, [model_state, result_state, *controls], [plot, note, table])
+        return app
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_app_args("python -m dual_attention.model_analysis.lm_visualization_app", TITLE, argv)
+def build_app(model: str | None = None, device: str | None = None, *, max_tokens: int = 256):
+    """Build the app (a ``gr.Blocks``); ``model`` (a path or Hub id) is loaded now, errors shown in the page."""
+    return _VisualizerApp(model, device, max_tokens).page()
+
+
+def _headless_matplotlib() -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # the app draws from worker threads: no GUI backend
-    app = build_app(args.model, args.device)
-    launch(app, args.host, args.port, args.share)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return serve("python -m dual_attention.model_analysis.lm_visualization_app", TITLE, build_app, argv,
+                 setup=_headless_matplotlib)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -71,18 +71,10 @@ def heatmap_grid(
         max_panels: draw at most this many maps (the title says how many were left out).
         markers: per map, ``(rows, cols)`` of cells to mark with a white dot (e.g. the argmax of each row).
     """
-    import matplotlib
     from matplotlib.figure import Figure
 
-    data = _as_numpy(maps)
-    if data.ndim == 2:
-        data = data[None]
-    if data.ndim != 3:
-        raise ValueError(f"maps must have shape (K, n, m) or (n, m), got {data.shape}")
+    data = _maps_array(maps, row_labels, col_labels, titles)
     k, n, m = data.shape
-    if len(row_labels) != n or len(col_labels) != m or len(titles) != k:
-        raise ValueError(f"labels do not fit maps of shape {data.shape}: {len(row_labels)} row labels, "
-                         f"{len(col_labels)} column labels, {len(titles)} titles")
     shown = min(k, max_panels)
     ncols = min(shown, 4)
     nrows = math.ceil(shown / ncols)
@@ -95,18 +87,7 @@ def heatmap_grid(
         values = data[p].astype(np.float32).copy()
         if hide_np is not None:
             values[hide_np] = np.nan
-        finite = values[np.isfinite(values)]
-        if signed:
-            bound = float(np.abs(finite).max()) if finite.size else 1.0
-            lo, hi, cmap = -(bound or 1.0), bound or 1.0, "RdBu_r"
-        else:
-            lo = 0.0 if vmin is None else vmin
-            hi = vmax if vmax is not None else (float(finite.max()) if finite.size else 1.0)
-            hi = hi if hi > lo else lo + 1.0
-            cmap = "viridis"
-        colormap = matplotlib.colormaps[cmap].with_extremes(bad="#d9d9d9")
-        image = ax.imshow(np.ma.masked_invalid(values), cmap=colormap, vmin=lo, vmax=hi, aspect="auto",
-                          interpolation="nearest")
+        image = _draw_map(ax, values, signed, vmin, vmax)
         rs, cs = _tick_step(n), _tick_step(m)
         ax.set_yticks(range(0, n, rs), [_mpl_text(row_labels[i]) for i in range(0, n, rs)], fontsize=fontsize)
         ax.set_xticks(range(0, m, cs), [_mpl_text(col_labels[j]) for j in range(0, m, cs)], fontsize=fontsize,
@@ -124,6 +105,38 @@ def heatmap_grid(
         note = f" (first {shown} of {k} shown)" if shown < k else ""
         fig.suptitle(_mpl_text((suptitle or "") + note), fontsize=12)
     return fig
+
+
+def _maps_array(maps, row_labels: Sequence[str], col_labels: Sequence[str], titles: Sequence[str]) -> np.ndarray:
+    """``maps`` as a ``(K, n, m)`` array, checked against the labels and titles (ValueError)."""
+    data = _as_numpy(maps)
+    if data.ndim == 2:
+        data = data[None]
+    if data.ndim != 3:
+        raise ValueError(f"maps must have shape (K, n, m) or (n, m), got {data.shape}")
+    k, n, m = data.shape
+    if len(row_labels) != n or len(col_labels) != m or len(titles) != k:
+        raise ValueError(f"labels do not fit maps of shape {data.shape}: {len(row_labels)} row labels, "
+                         f"{len(col_labels)} column labels, {len(titles)} titles")
+    return data
+
+
+def _draw_map(ax, values: np.ndarray, signed: bool, vmin: float | None, vmax: float | None):
+    """Draw one ``(n, m)`` map (NaN = hidden, grey): diverging around 0 when ``signed``, else sequential."""
+    import matplotlib
+
+    finite = values[np.isfinite(values)]
+    if signed:
+        bound = float(np.abs(finite).max()) if finite.size else 1.0
+        lo, hi, cmap = -(bound or 1.0), bound or 1.0, "RdBu_r"
+    else:
+        lo = 0.0 if vmin is None else vmin
+        hi = vmax if vmax is not None else (float(finite.max()) if finite.size else 1.0)
+        hi = hi if hi > lo else lo + 1.0
+        cmap = "viridis"
+    colormap = matplotlib.colormaps[cmap].with_extremes(bad="#d9d9d9")
+    return ax.imshow(np.ma.masked_invalid(values), cmap=colormap, vmin=lo, vmax=hi, aspect="auto",
+                     interpolation="nearest")
 
 
 def symbol_retrieval_figure(symbol_attn, labels: Sequence[str], *, heads: Sequence[int] | None = None,
@@ -185,21 +198,33 @@ def layer_figure(
     hide = future_mask(n, n).numpy() if layer.causal else None
     where = f"{model_name} · {layer.name}".strip(" ·")
     if view in ("sa", "ra", "cross"):
-        attn = {"sa": layer.sa_attn, "ra": layer.ra_attn, "cross": layer.cross_attn}[view]
-        if attn is None:
-            return None
-        attn = attn[batch]  # (H, n, m)
-        idx = _select(heads, attn.shape[0], "heads")
-        name = {"sa": "SA", "ra": "RA", "cross": "cross-attention"}[view]
-        return heatmap_grid(attn[idx], row_labels, col_labels if view == "cross" else row_labels,
-                            [f"{name} head {h}" for h in idx], hide=None if view == "cross" else hide,
-                            suptitle=f"{where}: {name} attention", vmin=0.0,
-                            xlabel="source token j" if view == "cross" else "sender j (key)")
+        return _attention_figure(layer, view, row_labels, col_labels, heads, batch, hide, where)
     if view == "symbols":
         if layer.symbol_attn is None:
             return None
         return symbol_retrieval_figure(layer.symbol_attn[batch], row_labels, heads=None,
                                        suptitle=f"{where}: symbol retrieval")
+    return _relations_figure(layer, view == "relations_x_attn", row_labels, relations, postprocess, scale, ra_head,
+                             batch, hide, where)
+
+
+def _attention_figure(layer: LayerAnalysis, view: str, row_labels, col_labels, heads, batch: int, hide, where: str):
+    """The SA, RA or cross-attention maps of ``heads`` (None if the layer has no such attention)."""
+    attn = {"sa": layer.sa_attn, "ra": layer.ra_attn, "cross": layer.cross_attn}[view]
+    if attn is None:
+        return None
+    attn = attn[batch]  # (H, n, m)
+    idx = _select(heads, attn.shape[0], "heads")
+    name = {"sa": "SA", "ra": "RA", "cross": "cross-attention"}[view]
+    return heatmap_grid(attn[idx], row_labels, col_labels if view == "cross" else row_labels,
+                        [f"{name} head {h}" for h in idx], hide=None if view == "cross" else hide,
+                        suptitle=f"{where}: {name} attention", vmin=0.0,
+                        xlabel="source token j" if view == "cross" else "sender j (key)")
+
+
+def _relations_figure(layer: LayerAnalysis, times_attn: bool, labels, relations, postprocess: str, scale: float,
+                      ra_head: int, batch: int, hide, where: str):
+    """Post-processed relations (times RA head ``ra_head``'s attention when ``times_attn``), or None."""
     maps = layer.relation_maps
     if maps is None:
         return None
@@ -209,15 +234,15 @@ def layer_figure(
     title = f"{where}: relations r(x_i, x_j)"
     if postprocess != "None" or scale != 1.0:
         title += f", {postprocess} (scale {scale:g})"
-    if view == "relations_x_attn":
+    if times_attn:
         if layer.ra_attn is None:
             return None
         h = _select([ra_head], layer.ra_attn.shape[1], "ra_head")[0]
         processed = scale_by_attention(processed, layer.ra_attn[batch, h])
         title += f" × RA head {h} attention"
     signed = postprocess == "None" and bool((processed < 0).any())
-    return heatmap_grid(processed, row_labels, row_labels, [f"relation {r}" for r in idx], hide=hide,
-                        signed=signed, suptitle=title)
+    return heatmap_grid(processed, labels, labels, [f"relation {r}" for r in idx], hide=hide, signed=signed,
+                        suptitle=title)
 
 
 def patch_labels(num_patches_h: int, num_patches_w: int, cls: bool = True) -> list[str]:

@@ -138,53 +138,69 @@ def run_viz(
     views: Sequence[str] | None = None,
 ) -> VizResult:
     """Load ``source``, analyse ``text`` (LM, seq2seq) or ``image`` (vision), write the PNGs into ``out_dir``."""
-    from dual_attention.model_analysis.plotting import patch_labels, write_viz_pngs
+    from dual_attention.model_analysis.plotting import write_viz_pngs
 
     loaded = load_for_analysis(source, device=device)
-    model, tok, family = loaded.model, loaded.tokenizer, loaded.family
-    name = type(model).__name__.removesuffix("_HFHub")
-    if family == "vision":
+    name = type(loaded.model).__name__.removesuffix("_HFHub")
+    if loaded.family == "vision":
         if image is None:
             raise VizInputError(f"{source!r} is a vision model ({name}): give --image FILE")
-        img = load_image(image, model.image_shape).to(device)
-        analysis = analyze_vision(model, img)
-        c, w, h = model.image_shape
-        pw, ph = model.patch_size
-        labels = {"blocks": patch_labels(h // ph, w // pw)}
+        analysis, labels = _analyse_image(loaded.model, image, device)
     else:
         if text is None:
-            raise VizInputError(f"{source!r} is a {'language' if family == 'lm' else 'seq2seq'} model ({name}): "
-                                "give --text")
+            raise VizInputError(f"{source!r} is a {'language' if loaded.family == 'lm' else 'seq2seq'} model "
+                                f"({name}): give --text")
         if image is not None:
-            raise VizInputError(f"--image is for vision models; {source!r} is a {family} model ({name})")
-        if tok is None:
+            raise VizInputError(f"--image is for vision models; {source!r} is a {loaded.family} model ({name})")
+        if loaded.tokenizer is None:
             raise VizInputError(f"{source!r} has no tokenizer.json and its vocabulary does not identify a tokenizer")
-        if family == "lm":
-            ids = _encode(tok, text, "--text", int(model.block_size), int(model.vocab_size))
-            idx = torch.tensor([ids], dtype=torch.long, device=device)
-            analysis = analyze_lm(model, idx)
-            labels = {"blocks": token_labels(tok, ids)}
-        else:
-            src_ids = _encode(tok, text, "--text (the source)", int(model.in_block_size), None)
-            src = torch.tensor([src_ids], dtype=torch.long, device=device)
-            bos = int(getattr(tok, "bos_token_id", 1))
-            if target is None:
-                tgt = model.generate(src, max_new_tokens=int(model.out_block_size) - 1, bos_token_id=bos,
-                                     eos_token_id=getattr(tok, "eos_token_id", None))
-            else:
-                tgt_ids = [bos] + _encode(tok, target, "--target", int(model.out_block_size) - 1, None)
-                tgt = torch.tensor([tgt_ids], dtype=torch.long, device=device)
-            analysis = analyze_seq2seq(model, src, tgt)
-            labels = {"encoder": token_labels(tok, src_ids), "decoder": token_labels(tok, tgt[0].tolist())}
+        analyse = _analyse_text if loaded.family == "lm" else _analyse_pair
+        analysis, labels = analyse(loaded.model, loaded.tokenizer, text, target, device)
+    _check_layers(analysis, layers)
+    _check_heads(analysis, heads, relations)
+    files = write_viz_pngs(analysis, labels, out_dir, layers=layers, heads=heads, relations=relations,
+                           postprocess=postprocess, scale=scale, dpi=dpi, model_name=name, views=views)
+    return VizResult(analysis, labels, files, name)
+
+
+def _analyse_image(model, image: str, device: str) -> tuple[ForwardAnalysis, dict[str, list[str]]]:
+    """A vision model on the image file; the maps are labelled ``cls`` and the patches' (row, column)."""
+    from dual_attention.model_analysis.plotting import patch_labels
+
+    img = load_image(image, model.image_shape).to(device)
+    c, w, h = model.image_shape
+    pw, ph = model.patch_size
+    return analyze_vision(model, img), {"blocks": patch_labels(h // ph, w // pw)}
+
+
+def _analyse_text(model, tok, text: str, target, device: str) -> tuple[ForwardAnalysis, dict[str, list[str]]]:
+    """A language model on ``text``, labelled with its tokens."""
+    ids = _encode(tok, text, "--text", int(model.block_size), int(model.vocab_size))
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
+    return analyze_lm(model, idx), {"blocks": token_labels(tok, ids)}
+
+
+def _analyse_pair(model, tok, text: str, target: str | None, device: str) -> tuple[ForwardAnalysis, dict]:
+    """A seq2seq model on the source ``text`` and ``target`` (default: its greedy decoding of the source)."""
+    src_ids = _encode(tok, text, "--text (the source)", int(model.in_block_size), None)
+    src = torch.tensor([src_ids], dtype=torch.long, device=device)
+    bos = int(getattr(tok, "bos_token_id", 1))
+    if target is None:
+        tgt = model.generate(src, max_new_tokens=int(model.out_block_size) - 1, bos_token_id=bos,
+                             eos_token_id=getattr(tok, "eos_token_id", None))
+    else:
+        tgt_ids = [bos] + _encode(tok, target, "--target", int(model.out_block_size) - 1, None)
+        tgt = torch.tensor([tgt_ids], dtype=torch.long, device=device)
+    labels = {"encoder": token_labels(tok, src_ids), "decoder": token_labels(tok, tgt[0].tolist())}
+    return analyze_seq2seq(model, src, tgt), labels
+
+
+def _check_layers(analysis: ForwardAnalysis, layers) -> None:
     n_layers = max(sum(1 for layer in analysis.layers if layer.stack == s) for s in
                    {layer.stack for layer in analysis.layers})
     if layers is not None and max(layers) >= n_layers:
         raise VizInputError(f"--layers {max(layers)} is out of range: the model has {n_layers} layers "
                             f"(0-{n_layers - 1})")
-    _check_heads(analysis, heads, relations)
-    files = write_viz_pngs(analysis, labels, out_dir, layers=layers, heads=heads, relations=relations,
-                           postprocess=postprocess, scale=scale, dpi=dpi, model_name=name, views=views)
-    return VizResult(analysis, labels, files, name)
 
 
 def _check_heads(analysis: ForwardAnalysis, heads, relations) -> None:
