@@ -45,15 +45,15 @@ def register(subparsers) -> None:
 
 
 def _no_experiment(args: argparse.Namespace) -> int:
-    from dual_attention.cli import CLIError
+    from dual_attention.errors import CLIError
 
     raise CLIError("name an experiment: dat experiment math (see dat experiment --help)")
 
 
 def run_math(args: argparse.Namespace) -> int:
-    from dual_attention.cli import CLIError
     from dual_attention.commands.demo import default_workers, parse_float, parse_int, parse_list, parse_seeds
     from dual_attention.data.math_tasks import DIFFICULTIES, FAMILIES
+    from dual_attention.errors import CLIError
     from dual_attention.experiments import math as mx
 
     if args.families in ("all", "all4"):

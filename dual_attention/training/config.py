@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from dual_attention.errors import ConfigError
+
 __all__ = [
     "ConfigError",
     "ModelConfig",
@@ -40,10 +42,6 @@ __all__ = [
     "config_to_dict",
     "save_config",
 ]
-
-
-class ConfigError(ValueError):
-    """A configuration error the user can fix (unknown key, wrong type, unknown preset, bad value)."""
 
 
 @dataclass
