@@ -4,6 +4,12 @@ Each command lives in its own module under :mod:`dual_attention.commands` and ex
 ``register(subparsers)``, which adds its parser and sets ``func`` (called with the parsed
 namespace, returning an exit code). Heavy imports (torch, matplotlib, gradio) happen inside
 ``func`` so that ``dat --help`` stays fast.
+
+Errors have one policy, here in :func:`main`: every error of the package (a
+:class:`~dual_attention.errors.DualAttentionError`: a bad flag raised as :class:`CLIError`, a bad config, data
+file or checkpoint raised by the library) is printed as one line ``dat <command>: error: <message>`` on stderr,
+once under ``torchrun``, with exit status 2 and no traceback. Commands turn foreign exceptions that stand for user
+errors (OS errors on user paths, model input errors) into :class:`CLIError` and leave the wording to :func:`main`.
 """
 
 from __future__ import annotations
@@ -14,14 +20,11 @@ import os
 import sys
 
 from dual_attention import __version__
-from dual_attention.training.cli_support import Parser
+from dual_attention.errors import CLIError, DualAttentionError  # noqa: F401 - CLIError: dual_attention.cli.CLIError
+from dual_attention.training.cli_support import Parser, one_line
 
 #: command modules, in the order ``dat --help`` lists them
 COMMANDS = ("train", "eval", "export", "generate", "info", "plot", "viz", "demo", "experiment")
-
-
-class CLIError(Exception):
-    """An error the user can fix: printed as one line, exit code 2, no traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except CLIError as e:
+    except DualAttentionError as e:
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process fails alike: say it once
-            print(f"dat {args.command}: error: {e}", file=sys.stderr)
+            print(f"dat {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"dat {args.command}: interrupted", file=sys.stderr)

@@ -46,6 +46,7 @@ __all__ = [
 SAFETENSORS_FILE, PICKLE_FILE, CONFIG_FILE = "model.safetensors", "pytorch_model.bin", "config.json"
 
 
+from dual_attention.errors import message_of  # noqa: E402
 from dual_attention.training.checkpoint import CheckpointError, find_checkpoint  # noqa: E402
 
 _MAX_KEYS = 8  # keys listed per kind of problem in a one-line error
@@ -142,8 +143,7 @@ def _read_weights(path: str, map_location: str) -> tuple[dict[str, torch.Tensor]
             return load_file(path, device=str(map_location)), aliases
         return torch.load(path, map_location=map_location, weights_only=True), {}
     except Exception as e:  # corrupted or truncated files
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise CheckpointError(f"cannot read weights from {path}: {first}") from e
+        raise CheckpointError(f"cannot read weights from {path}: {message_of(e)}") from e
 
 
 _HUB_KWARGS = dict(library_name="dual_attention", repo_url="https://github.com/Awni00/dual-attention",
@@ -292,6 +292,5 @@ def load_pretrained(path_or_repo_id: str | os.PathLike, map_location: str = "cpu
     except TypeError as e:  # config.json with arguments the class does not take
         raise CheckpointError(f"config.json of {path_or_repo_id} does not fit {cls.__name__}: {e}") from e
     except Exception as e:  # noqa: BLE001 - Hub errors (repository not found, HTTP errors), OS errors
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise CheckpointError(f"cannot load {str(path_or_repo_id)!r} from the Hub or disk: "
-                              f"{type(e).__name__}: {first}") from e
+                              f"{type(e).__name__}: {message_of(e)}") from e

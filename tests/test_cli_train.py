@@ -112,6 +112,39 @@ def test_eval_each_family(runs, tmp_path, capsys):
     assert set(json.loads(out)) >= {"loss", "acc", "seq_acc"}
 
 
+def _trainer_eval(run_dir, data, batch_size, max_batches, seed):
+    """The metrics of the trainer's evaluation of a training split read from ``data`` (what ``evaluate_checkpoint``
+    computed before it had a path of its own): the run's config with ``data.train = data``, its Task."""
+    from dual_attention.training.inference import load_trained
+    from dual_attention.training.tasks import make_task
+
+    loaded = load_trained(run_dir)
+    cfg = loaded.train_config
+    cfg.data.train, cfg.data.val, cfg.data.test, cfg.data.val_fraction = data, None, None, 0.0
+    cfg.data.format = "synthetic" if data == "synthetic" else "auto"
+    cfg.train.eval_batch_size, cfg.train.eval_iters, cfg.train.seed = batch_size, max_batches, seed
+    return make_task(cfg, torch.device("cpu"), tokenizer=loaded.tokenizer).evaluate(loaded.model, "train")
+
+
+def test_evaluate_checkpoint_equals_the_trainers_evaluation(runs, tmp_path):
+    """evaluate_checkpoint reads the file itself and calls the trainer's evaluation loops: the same numbers, to the
+    last bit, as the trainer's evaluation of that file as a split (same LM windows for a seed, same chunks)."""
+    from dual_attention.training.inference import evaluate_checkpoint
+
+    (tmp_path / "corpus.txt").write_text("12+30=42\n7-9=-2\n" * 40)
+    x, y = synthetic_images(30, seed=9)
+    torch.save({"images": x, "labels": y}, tmp_path / "test.pt")
+    (tmp_path / "pairs.tsv").write_text("cab\tabc\nba\tab\nabcdefg\tabcdefg\ncba\tabc\n")
+    cases = [("lm", "synthetic", 32, 2, 0), ("lm", tmp_path / "corpus.txt", 5, 3, 7),
+             ("seq2seq", tmp_path / "pairs.tsv", 3, 1, 0), ("seq2seq", "synthetic", 32, 1, 2),
+             ("vision", tmp_path / "test.pt", 7, 1, 0), ("vision", "synthetic", 32, 1, 1)]
+    for fam, data, bs, n, seed in cases:
+        _, got = evaluate_checkpoint(str(runs[fam]), str(data), batch_size=bs, max_batches=n, seed=seed)
+        assert got == _trainer_eval(runs[fam], str(data), bs, n, seed), (fam, data)
+    _, other_seed = evaluate_checkpoint(str(runs["lm"]), "synthetic", max_batches=2, seed=1)
+    assert other_seed != evaluate_checkpoint(str(runs["lm"]), "synthetic", max_batches=2, seed=0)[1]
+
+
 def test_generate_streams_a_greedy_continuation(runs, capsys):
     from dual_attention.hf import load_pretrained
 

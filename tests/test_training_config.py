@@ -62,6 +62,11 @@ def test_overrides_are_type_checked_and_applied():
         ("model.arch=gpt", "config key model.arch='gpt' is not one of: dat, transformer"),
         ("train.batch_size=0", "config key train.batch_size must be > 0, got 0"),
         ("train.max_iters", "must look like --section.key=value"),
+        ("model.symbol_retrieval=slots", "model.symbol_retrieval='slots' is not one of: symbolic_attention, "
+                                         "rel_sym_attn, positional_symbols, position_relative, none"),
+        ("model.patch_size=[2,x]", "config key model.patch_size[1] expects int, got 'x'"),
+        ("model.extra_kwargs=[1]", "config key model.extra_kwargs expects a mapping, got [1]"),
+        ("optim.min_lr=true", "config key optim.min_lr expects float or null, got True"),
     ],
 )
 def test_bad_overrides_name_the_key(override, fragment):
@@ -69,6 +74,15 @@ def test_bad_overrides_name_the_key(override, fragment):
         load_config("lm-tiny-dat", [override])
     assert fragment in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_symbol_retrieval_choices_are_the_retriever_registry():
+    from dual_attention.symbol_retrieval import SYMBOL_RETRIEVERS
+    from dual_attention.training.config import CHOICES
+
+    assert CHOICES["model.symbol_retrieval"] == (*SYMBOL_RETRIEVERS, "none")
+    for name in CHOICES["model.symbol_retrieval"]:
+        assert load_config("vision-tiny-dat", [f"model.symbol_retrieval={name}"]).model.symbol_retrieval == name
 
 
 def test_unknown_preset_lists_presets():

@@ -66,7 +66,7 @@ def add_run_flags(p, default_out: str) -> None:
 
 def parse_list(flag: str, text: str, kind: type = str) -> list:
     """``'a,b'`` -> ``['a', 'b']`` (``kind=int``: ints, ``1_000`` and ``2.5k`` allowed); CLIError naming the flag."""
-    from dual_attention.cli import CLIError
+    from dual_attention.errors import CLIError
 
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
@@ -84,7 +84,7 @@ def parse_list(flag: str, text: str, kind: type = str) -> list:
 
 def parse_int(flag: str, text: str, minimum: int = 0) -> int:
     """An integer flag value (``1000``, ``1_000``, ``2.5k``), ``>= minimum``; CLIError otherwise."""
-    from dual_attention.cli import CLIError
+    from dual_attention.errors import CLIError
 
     t = str(text).strip().lower().replace("_", "")
     try:
@@ -108,7 +108,7 @@ def _at_least_2(flag: str, text: str) -> int:
 
 
 def parse_float(flag: str, text: str) -> float:
-    from dual_attention.cli import CLIError
+    from dual_attention.errors import CLIError
 
     try:
         value = float(text)
@@ -121,7 +121,7 @@ def parse_float(flag: str, text: str) -> float:
 
 def parse_seeds(text: str) -> list[int]:
     """``'0,4'`` -> ``[0, 4]``; a range ``'0-4'`` -> ``[0, 1, 2, 3, 4]``; CLIError otherwise."""
-    from dual_attention.cli import CLIError
+    from dual_attention.errors import CLIError
 
     t = text.strip()
     if "-" in t and "," not in t:
@@ -173,8 +173,8 @@ def print_files(files: dict[str, str]) -> None:
 
 def _grid(args: argparse.Namespace, rg) -> tuple[list[str], list[int], list[int], list[str]]:
     """Tasks, sizes, seeds and models from the flags (CLIError on a bad value)."""
-    from dual_attention.cli import CLIError
     from dual_attention.data.relational_games import TASKS
+    from dual_attention.errors import CLIError
 
     tasks = (parse_list("--tasks", args.tasks) if args.tasks
              else list(rg.PAPER_TASKS if args.paper else rg.DEFAULT_TASKS))
@@ -201,7 +201,7 @@ def _grid(args: argparse.Namespace, rg) -> tuple[list[str], list[int], list[int]
 
 
 def run(args: argparse.Namespace) -> int:
-    from dual_attention.cli import CLIError
+    from dual_attention.errors import CLIError
     from dual_attention.experiments import relational_games as rg
 
     tasks, sizes, seeds, models = _grid(args, rg)

@@ -31,7 +31,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from dual_attention.cli import CLIError
+    from dual_attention.errors import CLIError
     from dual_attention.training.cli_support import user_errors
     from dual_attention.training.distributed import resolve_device
     from dual_attention.training.inference import evaluate_checkpoint
@@ -59,15 +59,9 @@ def run_tasks(args: argparse.Namespace) -> int:
     import json
     import os
 
-    from dual_attention.cli import CLIError
-    from dual_attention.integrations import MissingExtraError
+    from dual_attention.errors import CLIError
+    from dual_attention.integrations.lm_eval_backend import evaluate_tasks  # MissingExtraError without the extra
     from dual_attention.training.cli_support import user_errors
-
-    try:
-        from dual_attention.integrations.lm_eval_backend import TaskError, evaluate_tasks
-    except MissingExtraError as e:
-        raise CLIError(str(e)) from None
-    from lm_eval.utils import handle_non_serializable, make_table
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not tasks:
@@ -77,13 +71,12 @@ def run_tasks(args: argparse.Namespace) -> int:
     if args.include_path is not None and not os.path.isdir(args.include_path):
         raise CLIError(f"--include-path {args.include_path!r} is not a directory (of task YAML files)")
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
+    from lm_eval.utils import handle_non_serializable, make_table
+
     with user_errors():
-        try:
-            results = evaluate_tasks(args.checkpoint, tasks, limit=limit, include_path=args.include_path,
-                                     batch_size=args.batch_size, device=args.device, num_fewshot=args.num_fewshot,
-                                     seed=args.seed)
-        except TaskError as e:
-            raise CLIError(str(e)) from None
+        results = evaluate_tasks(args.checkpoint, tasks, limit=limit, include_path=args.include_path,
+                                 batch_size=args.batch_size, device=args.device, num_fewshot=args.num_fewshot,
+                                 seed=args.seed)
         with open(args.output, "w") as f:
             json.dump(results, f, indent=2, default=handle_non_serializable)
     print(make_table(results))

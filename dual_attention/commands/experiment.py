@@ -37,14 +37,14 @@ def register(subparsers) -> None:
 
 
 def _no_experiment(args: argparse.Namespace) -> int:
-    from dual_attention.cli import CLIError
+    from dual_attention.errors import CLIError
 
     raise CLIError("name an experiment: dat experiment math (see dat experiment --help)")
 
 
 def _math_grid(args: argparse.Namespace, mx) -> tuple[list[str], list[int], list[str]]:
     """Families, seeds and models from the flags (CLIError on a bad value)."""
-    from dual_attention.cli import CLIError
+    from dual_attention.errors import CLIError
     from dual_attention.commands.demo import parse_list, parse_seeds
     from dual_attention.data.math_tasks import FAMILIES
 
@@ -68,7 +68,7 @@ def _math_grid(args: argparse.Namespace, mx) -> tuple[list[str], list[int], list
 
 def _math_flags() -> tuple:
     """The flags of :class:`MathSettings` fields: (flag, metavar, help, attribute, parse)."""
-    from dual_attention.cli import CLIError
+    from dual_attention.errors import CLIError
     from dual_attention.commands.demo import parse_float, parse_positive
 
     def width(flag: str, text: str) -> int:
@@ -99,7 +99,7 @@ def _math_flags() -> tuple:
 
 
 def run_math(args: argparse.Namespace) -> int:
-    from dual_attention.cli import CLIError
+    from dual_attention.errors import CLIError
     from dual_attention.commands.demo import pool_flags, print_files, set_from_flags
     from dual_attention.experiments import math as mx
 

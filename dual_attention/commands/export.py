@@ -22,14 +22,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dual_attention.cli import CLIError
-    from dual_attention.integrations import MissingExtraError
+    from dual_attention.integrations.hf_transformers.export import export_hf  # MissingExtraError without the extra
     from dual_attention.training.cli_support import user_errors
 
-    try:
-        from dual_attention.integrations.hf_transformers.export import export_hf
-    except MissingExtraError as e:
-        raise CLIError(str(e)) from None
     with user_errors():
         out, note = export_hf(args.checkpoint, args.out, overwrite=args.overwrite)
     print(f"wrote {out} ({note}); load it with "

@@ -43,7 +43,7 @@ def _check(args, CLIError) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from dual_attention.cli import CLIError
+    from dual_attention.errors import CLIError
     from dual_attention.training.cli_support import user_errors
     from dual_attention.training.distributed import resolve_device
     from dual_attention.training.inference import load_trained

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from dual_attention.cli import CLIError
+    from dual_attention.errors import CLIError
     from dual_attention.training.cli_support import user_errors
     from dual_attention.training.config import load_config
     from dual_attention.training.inference import load_trained

@@ -17,7 +17,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dual_attention.cli import CLIError
+    from dual_attention.errors import CLIError
     from dual_attention.training.plot import plot_run
 
     try:

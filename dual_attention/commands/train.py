@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     import yaml
 
-    from dual_attention.cli import CLIError
+    from dual_attention.errors import CLIError
     from dual_attention.training.cli_support import user_errors
     from dual_attention.training.config import config_to_dict, load_config
     from dual_attention.training.presets import PRESETS

@@ -34,7 +34,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dual_attention.cli import CLIError
+    from dual_attention.errors import CLIError
 
     if not 0 < args.scale < float("inf"):  # NaN too
         raise CLIError(f"--scale must be > 0, got {args.scale}")
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
                          relations=parse_indices(args.relations, "--relations"), postprocess=args.postprocess,
                          scale=args.scale, device=device, dpi=args.dpi, views=views)
     except ValueError as e:  # CheckpointError, DataError, VizInputError, model input errors
-        raise CLIError(str(e).strip().splitlines()[0]) from None
+        raise CLIError(str(e)) from None
     except OSError as e:
         raise CLIError(f"{e.strerror or e} {e.filename or ''}".strip()) from None
     labels = next(iter(result.labels.values()))

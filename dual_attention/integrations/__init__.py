@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import importlib
 
+from dual_attention.errors import MissingExtraError
+
 __all__ = ["MissingExtraError", "require", "BYTE_EOS_ID"]
 
 #: the token id that stands in for end-of-text / padding with the byte tokenizer, which has none of its own: NUL,
@@ -25,10 +27,6 @@ _EXTRAS = {
     "tokenizers": ("tokenizers", "transformers"),
     "lm_eval": ("lm-eval>=0.4", "eval"),
 }
-
-
-class MissingExtraError(ImportError):
-    """An optional dependency is not installed; the message names the extra that installs it."""
 
 
 def require(module: str, feature: str):

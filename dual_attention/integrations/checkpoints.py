@@ -10,6 +10,7 @@ from typing import Any
 
 from torch import nn
 
+from dual_attention.errors import message_of
 from dual_attention.training.checkpoint import CheckpointError, find_checkpoint
 from dual_attention.training.models import FAMILY_OF_CLASS
 from dual_attention.training.tokenizers import ByteTokenizer, DataError, TiktokenTokenizer, load_tokenizer
@@ -67,9 +68,9 @@ def load_lm(checkpoint: str | Path, map_location: str = "cpu") -> LMCheckpoint:
         config = read_config(source)
         cls = model_class_for_config(config)
     except HubCheckpointError as e:
-        raise CheckpointError(f"{text!r}: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"{text!r}: {message_of(e)}") from None
     except Exception as e:  # network errors, missing repos
-        raise CheckpointError(f"cannot read the config of {text!r}: {type(e).__name__}: {str(e)[:200]}") from None
+        raise CheckpointError(f"cannot read the config of {text!r}: {type(e).__name__}: {message_of(e)}") from None
     name = cls.__name__.removesuffix("_HFHub")
     if FAMILY_OF_CLASS.get(name, "lm") != "lm":
         raise CheckpointError(f"{text!r} is a {FAMILY_OF_CLASS[name]} model ({name}); only language models "
@@ -77,8 +78,7 @@ def load_lm(checkpoint: str | Path, map_location: str = "cpu") -> LMCheckpoint:
     try:
         model = load_pretrained(source, map_location=map_location)
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        raise CheckpointError(f"cannot load checkpoint {text!r}: {type(e).__name__}: {first}") from None
+        raise CheckpointError(f"cannot load checkpoint {text!r}: {type(e).__name__}: {message_of(e)}") from None
     tokenizer, note = (load_tokenizer(ckpt), "") if ckpt is not None else (None, "")
     if tokenizer is None:
         tokenizer, note = _default_tokenizer(int(model.vocab_size))

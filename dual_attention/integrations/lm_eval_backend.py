@@ -14,6 +14,7 @@ batches and sums the continuation's log-probabilities; ``loglikelihood_rolling``
 
 from __future__ import annotations
 
+from dual_attention.errors import TaskError
 from dual_attention.integrations import BYTE_EOS_ID, require
 
 require("lm_eval", "the lm-evaluation-harness backend")
@@ -34,10 +35,6 @@ __all__ = ["DualAttentionLM", "TaskError", "evaluate_tasks"]
 
 #: with generate_until, stop sequences are looked for every this many new tokens
 _STOP_CHECK_EVERY = 8
-
-
-class TaskError(ValueError):
-    """An lm-eval task name that is neither built in nor in the include path."""
 
 
 @register_model("dual_attention", "dat")

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from dual_attention.errors import AppError
 from dual_attention.training.cli_support import one_line
 
 __all__ = [
@@ -46,10 +47,6 @@ KNOWN_HUB_MODELS = (
     "awni00/DAT-sa16-ra16-nr128-ns2048-sh16-nkvh8-1.27B",
     "awni00/T-sa24-757M",
 )
-
-
-class AppError(Exception):
-    """A problem the user can fix; its text is shown in the page."""
 
 
 def import_gradio():

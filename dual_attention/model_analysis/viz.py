@@ -18,16 +18,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dual_attention.errors import VizInputError
 from dual_attention.model_analysis.analysis import ForwardAnalysis, analyze_lm, analyze_seq2seq, analyze_vision
 from dual_attention.model_analysis.text import load_for_analysis, token_labels
 
 __all__ = ["VizInputError", "VizResult", "load_image", "parse_indices", "run_viz"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
-
-
-class VizInputError(ValueError):
-    """An input that does not fit the model (wrong kind, too long, unreadable image)."""
 
 
 @dataclass

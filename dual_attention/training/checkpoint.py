@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from dual_attention.errors import CheckpointError
+
 __all__ = [
     "CHECKPOINT_DIR",
     "STATE_FILE",
@@ -42,10 +44,6 @@ __all__ = [
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "trainer_state.pt"
 REQUIRED_FILES = ("config.json", "model.safetensors")
-
-
-class CheckpointError(ValueError):
-    """A missing, incomplete or corrupted checkpoint."""
 
 
 def _fsync_dir(path: Path) -> None:

@@ -7,6 +7,8 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from dual_attention.errors import CheckpointError, CLIError, ConfigError, DataError, RunDirError
+
 __all__ = ["user_errors", "one_line", "Parser", "OverrideParser", "use_override_parser", "USER_ERRORS"]
 
 
@@ -25,11 +27,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
-    from dual_attention.training.checkpoint import CheckpointError
-    from dual_attention.training.config import ConfigError
-    from dual_attention.training.tokenizers import DataError
-    from dual_attention.training.trainer import RunDirError
-
+    """The library's user errors of training and inference (all :class:`DualAttentionError`)."""
     return (ConfigError, DataError, RunDirError, CheckpointError)
 
 
@@ -38,13 +36,11 @@ USER_ERRORS = _user_error_types
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn the library's user-error exceptions (and OS errors on user paths) into one-line CLIErrors."""
-    from dual_attention.cli import CLIError
-
+    """Turn the foreign exceptions that stand for user errors (a diverging loss, OS errors on user paths) into
+    :class:`CLIError`; the package's own errors pass through to :func:`dual_attention.cli.main`, which prints
+    every one the same way."""
     try:
         yield
-    except _user_error_types() as e:
-        raise CLIError(one_line(e)) from None
     except FloatingPointError as e:
         raise CLIError(f"{e}: lower optim.learning_rate or use train.dtype=float32") from None
     except OSError as e:

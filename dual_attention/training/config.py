@@ -12,6 +12,7 @@ Every value is type-checked against its field; an unknown key or a value of the 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -23,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from dual_attention.errors import ConfigError
+from dual_attention.symbol_retrieval import SYMBOL_RETRIEVERS
 
 __all__ = [
     "ConfigError",
@@ -40,10 +44,6 @@ __all__ = [
     "config_to_dict",
     "save_config",
 ]
-
-
-class ConfigError(ValueError):
-    """A configuration error the user can fix (unknown key, wrong type, unknown preset, bad value)."""
 
 
 @dataclass
@@ -223,8 +223,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.arch": ("dat", "transformer"),
     "model.norm_type": ("layernorm", "rmsnorm", "none"),
     "model.ra_type": ("relational_attention", "rca", "disrca", "hadamard"),
-    "model.symbol_retrieval": ("symbolic_attention", "positional_symbols", "position_relative", "rel_sym_attn",
-                               "none"),
+    "model.symbol_retrieval": (*SYMBOL_RETRIEVERS, "none"),  # 'none': no symbols (ra_type=hadamard)
     "model.pos_enc_type": ("pos_emb", "RoPE"),
     "model.pool": ("cls", "mean"),
     "data.format": ("auto", "text", "bin", "tsv", "pt", "image_folder", "synthetic", "hf"),
@@ -255,70 +254,93 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Return ``value`` converted to type ``tp`` or raise ConfigError naming ``key``."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        if isinstance(value, str) and value.strip().lower() in ("none", "null") and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(key, value, arg)
-            except ConfigError:
-                pass
-        raise ConfigError(f"config key {key} expects {_type_name(tp)}, got {value!r}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.strip().lower() in ("true", "yes", "1")
-        raise ConfigError(f"config key {key} expects bool (true/false), got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip().replace("_", ""))
-            except ValueError:
-                pass
-        raise ConfigError(f"config key {key} expects int, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        raise ConfigError(f"config key {key} expects float, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"config key {key} expects str, got {value!r}")
+        return _coerce_union(key, value, tp)
+    if tp in _SCALARS:
+        return _SCALARS[tp](key, value)
     if origin is list:
-        (arg,) = typing.get_args(tp)
-        if isinstance(value, str):
-            value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
-        if isinstance(value, tuple):
-            value = list(value)
-        if not isinstance(value, list):
-            raise ConfigError(f"config key {key} expects {_type_name(tp)}, got {value!r}")
-        return [_coerce(f"{key}[{i}]", v, arg) for i, v in enumerate(value)]
+        return _coerce_list(key, value, tp)
     if tp is dict or origin is dict:
-        if isinstance(value, str):
-            try:
-                value = yaml.safe_load(value)
-            except yaml.YAMLError:
-                pass
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key {key} expects a mapping, got {value!r}")
-        return dict(value)
+        return _coerce_dict(key, value)
     raise ConfigError(f"config key {key} has an unsupported type {tp!r}")  # pragma: no cover
+
+
+def _coerce_union(key: str, value: Any, tp: Any) -> Any:
+    """``None`` (or the text ``none``/``null``) where ``tp`` allows it, else the first member type that fits."""
+    args = typing.get_args(tp)
+    if type(None) in args and (value is None or (isinstance(value, str)
+                                                 and value.strip().lower() in ("none", "null"))):
+        return None
+    for arg in (a for a in args if a is not type(None)):
+        with contextlib.suppress(ConfigError):
+            return _coerce(key, value, arg)
+    raise ConfigError(f"config key {key} expects {_type_name(tp)}, got {value!r}")
+
+
+def _to_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "1", "0"):
+        return value.strip().lower() in ("true", "yes", "1")
+    raise ConfigError(f"config key {key} expects bool (true/false), got {value!r}")
+
+
+def _to_int(key: str, value: Any) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return _to_number(key, value, int, lambda text: int(text.replace("_", "")))
+
+
+def _to_float(key: str, value: Any) -> float:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    return _to_number(key, value, float, float)
+
+
+def _to_number(key: str, value: Any, kind: type, parse) -> Any:
+    """``value`` if it is a ``kind`` (a bool is not a number here), else ``parse`` of its text."""
+    if isinstance(value, kind) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return parse(value.strip())
+        except ValueError:
+            pass
+    raise ConfigError(f"config key {key} expects {kind.__name__}, got {value!r}")
+
+
+def _to_str(key: str, value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(f"config key {key} expects str, got {value!r}")
+
+
+_SCALARS = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
+
+
+def _coerce_list(key: str, value: Any, tp: Any) -> list:
+    """A list (or ``a,b`` / ``[a, b]`` text, or a tuple) with each item coerced to the item type."""
+    (arg,) = typing.get_args(tp)
+    if isinstance(value, str):
+        value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
+    if isinstance(value, tuple):
+        value = list(value)
+    if not isinstance(value, list):
+        raise ConfigError(f"config key {key} expects {_type_name(tp)}, got {value!r}")
+    return [_coerce(f"{key}[{i}]", v, arg) for i, v in enumerate(value)]
+
+
+def _coerce_dict(key: str, value: Any) -> dict:
+    """A mapping (or its YAML text)."""
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            pass
+    if not isinstance(value, dict):
+        raise ConfigError(f"config key {key} expects a mapping, got {value!r}")
+    return dict(value)
 
 
 def _set_key(cfg: Config, key: str, value: Any, parse_str: bool = False) -> None:

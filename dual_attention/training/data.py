@@ -35,6 +35,7 @@ __all__ = [
     "load_lm_data",
     "load_seq2seq_data",
     "load_vision_data",
+    "load_dataset",
     "synthetic_lm_text",
     "synthetic_pairs",
     "synthetic_images",
@@ -141,14 +142,17 @@ class TokenStream:
         block = torch.stack(rows)  # (B, T+1)
         return block[:, :-1].contiguous(), block[:, 1:].contiguous()
 
-    def random_starts(self, gen: torch.Generator, batch: int, length: int) -> torch.Tensor:
-        hi = len(self) - length - 1
-        if hi < 1:
+    def check_windows(self, length: int) -> None:
+        """DataError unless windows of ``length + 1`` tokens can start at two or more offsets."""
+        if len(self) < length + 2:
             raise DataError(
-                f"{self.name} has {len(self)} tokens, too few for windows of {length + 1}; "
-                f"give more data or a smaller data.block_size"
+                f"{self.name} has {len(self)} tokens, too few for windows of {length + 1} tokens; "
+                "give more data or a smaller data.block_size"
             )
-        return torch.randint(0, hi + 1, (batch,), generator=gen)
+
+    def random_starts(self, gen: torch.Generator, batch: int, length: int) -> torch.Tensor:
+        self.check_windows(length)
+        return torch.randint(0, len(self) - length, (batch,), generator=gen)
 
 
 @dataclass
@@ -361,12 +365,8 @@ def load_seq2seq_data(data_cfg, tokenizer: CharTokenizer | None = None, seed: in
             return synthetic_pairs(n, seed=s)
         return _read_pairs(path, what)
 
-    train = read(data_cfg.train, "data.train", data_cfg.synthetic_size, seed)
-    val = read(data_cfg.val, "data.val", max(data_cfg.synthetic_size // 10, 100), seed + 1)
-    test = read(data_cfg.test, "data.test", max(data_cfg.synthetic_size // 10, 100), seed + 2)
-    if val is None and data_cfg.val_fraction > 0:
-        cut = int(len(train) * (1 - data_cfg.val_fraction))
-        train, val = train[:cut], train[cut:]
+    train, val, test = _read_splits(data_cfg, read, max(data_cfg.synthetic_size // 10, 100), seed,
+                                    lambda pairs, cut: (pairs[:cut], pairs[cut:]))
     tok = tokenizer or CharTokenizer.build(s + t for s, t in train)
 
     def make(pairs, name):
@@ -531,11 +531,48 @@ def load_vision_data(data_cfg, seed: int = 0, train=None, val=None, test=None) -
             return data
         return _load_pt(path, what)
 
-    tr = read(data_cfg.train, "data.train", data_cfg.synthetic_size, seed)
-    va = read(data_cfg.val, "data.val", max(data_cfg.synthetic_size // 4, 200), seed + 1)
-    te = read(data_cfg.test, "data.test", max(data_cfg.synthetic_size // 4, 200), seed + 2)
-    if va is None and data_cfg.val_fraction > 0:
-        cut = int(len(tr) * (1 - data_cfg.val_fraction))
-        va = ImageData(tr.images[cut:], tr.labels[cut:], "data.val")
-        tr = ImageData(tr.images[:cut], tr.labels[:cut], "data.train")
-    return VisionData(tr, va, te)
+    def hold_out(tr: ImageData, cut: int) -> tuple[ImageData, ImageData]:
+        return (ImageData(tr.images[:cut], tr.labels[:cut], "data.train"),
+                ImageData(tr.images[cut:], tr.labels[cut:], "data.val"))
+
+    return VisionData(*_read_splits(data_cfg, read, max(data_cfg.synthetic_size // 4, 200), seed, hold_out))
+
+
+def _read_splits(data_cfg, read, eval_size: int, seed: int, hold_out) -> tuple:
+    """``read(path, what, n_synthetic, seed)`` of the train, val and test paths of ``data_cfg``; without a val path,
+    ``hold_out(train, cut)`` splits the last ``val_fraction`` of train off as val."""
+    train = read(data_cfg.train, "data.train", data_cfg.synthetic_size, seed)
+    val = read(data_cfg.val, "data.val", eval_size, seed + 1)
+    test = read(data_cfg.test, "data.test", eval_size, seed + 2)
+    if val is None and data_cfg.val_fraction > 0:
+        train, val = hold_out(train, int(len(train) * (1 - data_cfg.val_fraction)))
+    return train, val, test
+
+
+# --------------------------------------------------------------------------------------------------------------
+# one split of any family
+
+
+def load_dataset(path: str, family: str, tokenizer=None, *, seed: int = 0, synthetic_size: int = 4000,
+                 name: str = "data") -> TokenStream | PairData | ImageData:
+    """The whole of one data file (or ``synthetic``: ``synthetic_size`` examples of the family's toy task, drawn
+    with ``seed``) for ``family``, in the format its suffix says (as ``data.format=auto``); ``name`` is how error
+    messages call it. LM text is tokenized with ``tokenizer`` (default bytes); seq2seq pairs with ``tokenizer``
+    (default: a character vocabulary built from the pairs)."""
+    fmt = detect_format(path, family)
+    if family == "lm":
+        tok = tokenizer or ByteTokenizer()
+        if fmt == "hf":
+            raise DataError(f"{name} 'hf' is a streamed dataset; give a .txt/.bin file or 'synthetic'")
+        if fmt == "synthetic":
+            return TokenStream(_encode_text(synthetic_lm_text(synthetic_size, seed=seed), tok), name)
+        return TokenStream(_load_lm_file(path, fmt, tok, name), name)
+    if family == "seq2seq":
+        pairs = synthetic_pairs(synthetic_size, seed=seed) if fmt == "synthetic" else _read_pairs(path, name)
+        tok = tokenizer or CharTokenizer.build(s + t for s, t in pairs)
+        return PairData([tok.encode(s) for s, _ in pairs], [tok.encode(t) for _, t in pairs], tok, name)
+    if family != "vision":
+        raise ValueError(f"family={family!r} is not one of: lm, seq2seq, vision")
+    if fmt == "synthetic":
+        return ImageData(*synthetic_images(synthetic_size, seed=seed), name=name)
+    return _load_image_folder(path, name, None)[0] if fmt == "image_folder" else _load_pt(path, name)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dual_attention.errors import message_of
 from dual_attention.training.data import TokenStream
 from dual_attention.training.tokenizers import DataError
 
@@ -42,7 +43,7 @@ def _open(data_cfg) -> Any:
                                      streaming=True)
     except Exception as e:
         raise DataError(f"cannot open the Hugging Face dataset {data_cfg.hf_dataset!r} "
-                        f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+                        f"({type(e).__name__}: {message_of(e)})") from None
 
 
 class HFStream:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from dual_attention.training.config import ConfigError, ModelConfig
 from dual_attention.training.tokenizers import DataError
 
-__all__ = ["DataSpec", "derive_model_config"]
+__all__ = ["DataSpec", "describe_data", "derive_model_config"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,20 @@ class DataSpec:
     max_tgt_len: int | None = None
     image_shape: tuple[int, int, int] | None = None
     num_classes: int | None = None
+
+
+def describe_data(family: str, splits, tokenizer=None) -> DataSpec:
+    """The :class:`DataSpec` of the datasets ``splits`` of ``family`` (``None`` entries skipped; vision reads the
+    image shape from the first), tokenized by ``tokenizer`` (lm, seq2seq)."""
+    splits = [s for s in splits if s is not None]
+    if family == "lm":
+        return DataSpec("lm", vocab_size=tokenizer.vocab_size, tokenizer_name=tokenizer.name)
+    if family == "seq2seq":
+        return DataSpec("seq2seq", vocab_size=tokenizer.vocab_size, tokenizer_name=tokenizer.name,
+                        max_src_len=max(s.max_src_len for s in splits), max_tgt_len=max(s.max_tgt_len for s in splits))
+    _, c, h, w = splits[0].images.shape
+    n_cls = max(int(s.labels.max()) for s in splits) + 1
+    return DataSpec("vision", image_shape=(c, w, h), num_classes=n_cls)  # models read (C, W, H)
 
 
 def derive_model_config(model: ModelConfig, spec: DataSpec) -> ModelConfig:

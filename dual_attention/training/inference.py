@@ -12,8 +12,16 @@ import torch
 import torch.nn as nn
 
 from dual_attention.training.checkpoint import CheckpointError
-from dual_attention.training.config import Config, ConfigError, load_config
-from dual_attention.training.data import DataError
+from dual_attention.training.config import Config, ConfigError, ModelConfig, load_config
+from dual_attention.training.data import DataError, load_dataset, step_generator
+from dual_attention.training.data_spec import derive_model_config, describe_data
+from dual_attention.training.evaluation import (
+    FILE_EVAL_STREAM,
+    eval_chunk,
+    evaluate_lm,
+    evaluate_seq2seq,
+    evaluate_vision,
+)
 from dual_attention.training.models import FAMILY_OF_CLASS, model_family
 from dual_attention.training.tokenizers import ByteTokenizer, TiktokenTokenizer, load_tokenizer
 
@@ -91,6 +99,7 @@ def guess_data_family(path: str) -> str | None:
 
 
 _DATA_WORD = {"lm": "text (language-model) data", "seq2seq": "seq2seq pair data", "vision": "image (vision) data"}
+_NO_TOKENIZER = {"lm": "and an unknown vocabulary", "seq2seq": "(the character vocabulary)"}
 _FAMILY_WORD = {"lm": "language model", "seq2seq": "seq2seq model", "vision": "vision model"}
 
 
@@ -99,7 +108,11 @@ def evaluate_checkpoint(path_or_id: str, data: str, *, batch_size: int = 32, max
     """Loss (and perplexity/accuracy) of a trained model on a data file.
 
     LM: ``max_batches`` batches of random windows of the model's block size; seq2seq/vision: the whole file.
+    Forward passes take at most the training micro-batch of the checkpoint's run (as its evaluations did), and
+    ``synthetic`` data is as large as its run's ``data.synthetic_size``.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     loaded = load_trained(path_or_id, map_location=device)
     fam = loaded.family
     guessed = guess_data_family(data)
@@ -108,42 +121,24 @@ def evaluate_checkpoint(path_or_id: str, data: str, *, batch_size: int = 32, max
             f"checkpoint {path_or_id!r} is a {_FAMILY_WORD[fam]} ({type(loaded.model).__name__.removesuffix('_HFHub')})"
             f" but {data!r} looks like {_DATA_WORD[guessed]}"
         )
-    cfg = load_config(loaded.train_config) if loaded.train_config is not None else Config()
-    cfg.model.family = fam
-    cfg.data.train, cfg.data.val, cfg.data.test = data, None, None
-    cfg.data.format = "synthetic" if data == "synthetic" else "auto"
-    cfg.data.val_fraction = 0.0
-    cfg.train.eval_batch_size = batch_size
-    cfg.train.eval_iters = max_batches
-    cfg.train.seed = seed
+    if fam in _NO_TOKENIZER and loaded.tokenizer is None:
+        raise CheckpointError(f"checkpoint {path_or_id!r} has no tokenizer.json {_NO_TOKENIZER[fam]}")
+    run = loaded.train_config or Config()
+    dataset = load_dataset(data, fam, loaded.tokenizer, seed=seed, synthetic_size=run.data.synthetic_size)
     model = loaded.model
     if fam == "lm":
-        cfg.model.max_block_size = int(model.block_size)
-        cfg.model.vocab_size = int(model.vocab_size)
-        cfg.data.block_size = min(cfg.data.block_size or model.block_size, model.block_size)
-        if loaded.tokenizer is None:
-            raise CheckpointError(f"checkpoint {path_or_id!r} has no tokenizer.json and an unknown vocabulary")
+        block = min(run.data.block_size or model.block_size, model.block_size)
+        dataset.check_windows(block)
+    _check_fits(loaded, run, dataset, data)
+    chunk = eval_chunk(batch_size, run.train.batch_size // run.train.grad_accum_steps)
+    if fam == "lm":
+        generator = step_generator(seed, 0, stream=FILE_EVAL_STREAM)
+        metrics = evaluate_lm(model, dataset, block_size=block, n_batches=max(max_batches, 1), batch_size=batch_size,
+                              chunk=chunk, generator=generator, device=device)
     elif fam == "seq2seq":
-        if loaded.tokenizer is None:
-            raise CheckpointError(f"checkpoint {path_or_id!r} has no tokenizer.json (the character vocabulary)")
-        config = loaded.model_config or {}
-        cfg.model.in_block_size = config.get("in_block_size")
-        cfg.model.out_block_size = config.get("out_block_size")
+        metrics = evaluate_seq2seq(model, dataset, chunk=chunk, device=device)
     else:
-        config = loaded.model_config or {}
-        cfg.model.image_shape = config.get("image_shape")
-        cfg.model.patch_size = list(config.get("patch_size", cfg.model.patch_size))
-        cfg.model.num_classes = None
-    from dual_attention.training.data_spec import derive_model_config
-    from dual_attention.training.tasks import make_task
-
-    task = make_task(cfg, torch.device(device), tokenizer=loaded.tokenizer)
-    fits = derive_model_config(cfg.model, task.spec)  # raises when the model cannot hold the data
-    if fam == "vision":
-        n_out = _num_outputs(model)
-        if n_out is not None and fits.num_classes > n_out:
-            raise DataError(f"{data!r} has labels up to {fits.num_classes - 1} but the model has {n_out} classes")
-    metrics = task.evaluate(model, "train") or {}
+        metrics = evaluate_vision(model, dataset, chunk=chunk, device=device)
     bad = {k: v for k, v in metrics.items() if not math.isfinite(float(v))}
     if bad:
         k, v = next(iter(bad.items()))
@@ -152,9 +147,21 @@ def evaluate_checkpoint(path_or_id: str, data: str, *, batch_size: int = 32, max
     return loaded, metrics
 
 
-def _num_outputs(model: nn.Module) -> int | None:
-    head = getattr(model, "final_out", None)
-    return getattr(head, "out_features", None)
+def _check_fits(loaded: LoadedModel, run: Config, dataset, data: str) -> None:
+    """DataError/ConfigError when the model cannot take ``dataset`` (vocabulary, lengths, image shape, classes)."""
+    model, config = loaded.model, loaded.model_config or {}
+    if loaded.family == "lm":
+        sizes = ModelConfig(vocab_size=int(model.vocab_size))
+    elif loaded.family == "seq2seq":
+        sizes = ModelConfig(vocab_size=run.model.vocab_size, in_block_size=config.get("in_block_size"),
+                            out_block_size=config.get("out_block_size"))
+    else:
+        sizes = ModelConfig(image_shape=config.get("image_shape"),
+                            patch_size=list(config.get("patch_size", run.model.patch_size)))
+    fits = derive_model_config(sizes, describe_data(loaded.family, [dataset], loaded.tokenizer))
+    n_out = getattr(getattr(model, "final_out", None), "out_features", None)
+    if loaded.family == "vision" and n_out is not None and fits.num_classes > n_out:
+        raise DataError(f"{data!r} has labels up to {fits.num_classes - 1} but the model has {n_out} classes")
 
 
 def family_of_config_json(config: dict) -> str | None:

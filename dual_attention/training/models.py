@@ -18,6 +18,7 @@ from typing import Any
 
 import torch.nn as nn
 
+from dual_attention.errors import message_of
 from dual_attention.training.config import ConfigError, ModelConfig
 
 __all__ = [
@@ -250,8 +251,7 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     try:
         return cls(**kw)
     except (ValueError, TypeError, AssertionError, NotImplementedError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"cannot build {cls.__name__} from the model config: {msg}") from None
+        raise ConfigError(f"cannot build {cls.__name__} from the model config: {message_of(e)}") from None
 
 
 def configure_optimizer(model: nn.Module, family: str, weight_decay: float, learning_rate: float,

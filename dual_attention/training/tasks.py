@@ -12,7 +12,6 @@ exactly as a single process would compute it, whatever the padding per micro-bat
 
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
 
 import torch
@@ -22,7 +21,6 @@ import torch.nn.functional as F
 from dual_attention.training.config import Config, ConfigError
 from dual_attention.training.data import (
     DataError,
-    ImageData,
     LMData,
     PairData,
     Seq2SeqData,
@@ -36,7 +34,15 @@ from dual_attention.training.data import (
     micro_slice,
     step_generator,
 )
-from dual_attention.training.data_spec import DataSpec
+from dual_attention.training.data_spec import DataSpec, describe_data
+from dual_attention.training.evaluation import (
+    eval_chunk,
+    evaluate_lm,
+    evaluate_seq2seq,
+    evaluate_vision,
+    lm_eval_generator,
+    seq2seq_logits,
+)
 from dual_attention.training.tokenizers import CharTokenizer, get_tokenizer
 
 __all__ = ["Task", "LMTask", "Seq2SeqTask", "VisionTask", "make_task"]
@@ -46,13 +52,16 @@ class Task:
     """Interface shared by the families (see the module docstring)."""
 
     family = ""
-    spec: DataSpec  # what the data says about the model (set by each family's constructor)
+    spec: DataSpec  # what the data says about the model
     unit = "sample"  # progress-bar unit (``tok/s``)
     units = "samples"  # metrics.jsonl keys (``tokens``, ``tokens_per_s``)
 
-    def __init__(self, cfg: Config, device: torch.device):
+    def __init__(self, cfg: Config, device: torch.device, data: LMData | Seq2SeqData | VisionData):
         self.cfg = cfg
         self.device = device
+        self.data = data
+        self.tokenizer = getattr(data, "tokenizer", None)
+        self.spec = describe_data(self.family, (data.train, data.val, data.test), self.tokenizer)
         self._cache: tuple[int, torch.Tensor] | None = None
 
     # ---- sizes
@@ -98,10 +107,23 @@ class Task:
     def _eval_chunk(self) -> int:
         """Rows per forward pass during evaluation (the training micro-batch, so memory is bounded)."""
         t = self.cfg.train
-        return max(min(self._eval_batch_size(), t.batch_size // t.grad_accum_steps), 1)
+        return eval_chunk(self._eval_batch_size(), t.batch_size // t.grad_accum_steps)
 
     def describe(self) -> str:
         return ""
+
+
+class _EpochTask(Task):
+    """A task whose training batches are epochs over a finite training set (seq2seq, vision)."""
+
+    def _idx(self, step: int) -> torch.Tensor:
+        if self._cache is None or self._cache[0] != step:
+            idx = epoch_indices(self.cfg.train.seed, step, self.cfg.train.batch_size, len(self.data.train))
+            self._cache = (step, idx)
+        return self._cache[1]
+
+    def train_batch(self, step, micro, rank, world):
+        return self._to(self.data.train.collate(self._micro_rows(self._idx(step), micro, rank, world)))
 
 
 class LMTask(Task):
@@ -112,24 +134,17 @@ class LMTask(Task):
     units = "tokens"
 
     def __init__(self, cfg: Config, device: torch.device, data: LMData):
-        super().__init__(cfg, device)
-        self.data = data
-        self.tokenizer = data.tokenizer
+        super().__init__(cfg, device, data)
         m = cfg.model
-        self.spec = DataSpec("lm", vocab_size=data.tokenizer.vocab_size, tokenizer_name=data.tokenizer.name)
         self.block = cfg.data.block_size or m.max_block_size
         if self.block > m.max_block_size:
             raise ConfigError(
                 f"data.block_size={self.block} exceeds model.max_block_size={m.max_block_size}"
             )
         self.stream = None  # an HFStream (data.train=hf), made on the first batch
-        for split in ("train", "val", "test"):
-            s = getattr(data, split)
-            if s is not None and len(s) < self.block + 2:
-                raise DataError(
-                    f"{s.name} has {len(s)} tokens, too few for windows of {self.block + 1} tokens; "
-                    "give more data or a smaller data.block_size"
-                )
+        for s in (data.train, data.val, data.test):
+            if s is not None:
+                s.check_windows(self.block)
 
     @property
     def units_per_step(self) -> int:
@@ -176,29 +191,14 @@ class LMTask(Task):
         _, loss = model(batch["x"], targets=batch["y"])
         return loss.float() * batch["y"].numel()
 
-    @torch.no_grad()
     def evaluate(self, model, split, autocast=nullcontext):
         stream: TokenStream | None = getattr(self.data, split)
         if stream is None:
             return None
-        n_batches = max(self.cfg.train.eval_iters, 1)
-        bs = self._eval_batch_size()
-        g = step_generator(self.cfg.train.seed, 0, stream=10 + ("train", "val", "test").index(split))
-        total, correct, count = 0.0, 0, 0
-        chunk = self._eval_chunk()
-        for _ in range(n_batches):
-            all_starts = stream.random_starts(g, bs, self.block)
-            for starts in all_starts.split(chunk):
-                x, y = stream.windows(starts, self.block)
-                x, y = x.to(self.device), y.to(self.device)
-                with autocast():
-                    logits, _ = model(x, targets=y)
-                logits = logits.float()
-                total += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
-                correct += int((logits.argmax(-1) == y).sum())
-                count += y.numel()
-        loss = total / count
-        return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "acc": correct / count}
+        return evaluate_lm(model, stream, block_size=self.block, n_batches=max(self.cfg.train.eval_iters, 1),
+                           batch_size=self._eval_batch_size(), chunk=self._eval_chunk(),
+                           generator=lm_eval_generator(self.cfg.train.seed, split), device=self.device,
+                           autocast=autocast)
 
     def describe(self) -> str:
         if self.streaming:
@@ -209,27 +209,12 @@ class LMTask(Task):
         return f"{n_train:,} train / {n_val:,} val tokens ({self.tokenizer.name} tokenizer), block {self.block}"
 
 
-class Seq2SeqTask(Task):
+class Seq2SeqTask(_EpochTask):
     """Teacher-forced next-token loss of the target given the source, padded per micro-batch."""
 
     family = "seq2seq"
     unit = "tok"
     units = "tokens"
-
-    def __init__(self, cfg: Config, device: torch.device, data: Seq2SeqData):
-        super().__init__(cfg, device)
-        self.data = data
-        self.tokenizer = data.tokenizer
-        splits = [s for s in (data.train, data.val, data.test) if s is not None]
-        self.spec = DataSpec("seq2seq", vocab_size=data.tokenizer.vocab_size, tokenizer_name=data.tokenizer.name,
-                             max_src_len=max(s.max_src_len for s in splits),
-                             max_tgt_len=max(s.max_tgt_len for s in splits))
-
-    def _idx(self, step: int) -> torch.Tensor:
-        if self._cache is None or self._cache[0] != step:
-            idx = epoch_indices(self.cfg.train.seed, step, self.cfg.train.batch_size, len(self.data.train))
-            self._cache = (step, idx)
-        return self._cache[1]
 
     @property
     def units_per_step(self) -> int:  # approximate: average target length
@@ -239,47 +224,17 @@ class Seq2SeqTask(Task):
     def global_count(self, step: int) -> int:
         return int(self.data.train.target_counts[self._idx(step)].sum())
 
-    def train_batch(self, step, micro, rank, world):
-        return self._to(self.data.train.collate(self._micro_rows(self._idx(step), micro, rank, world)))
-
-    def _forward(self, model, batch):
-        logits, _ = model(
-            batch["x"],
-            batch["y"],
-            targets=batch["targets"],
-            src_padding_mask=batch["src_mask"],
-            tgt_padding_mask=batch["tgt_mask"],
-        )
-        return logits
-
     def loss_sum(self, model, batch):
-        logits = self._forward(model, batch)
+        logits = seq2seq_logits(model, batch)
         return F.cross_entropy(
             logits.float().flatten(0, 1), batch["targets"].flatten(), ignore_index=-1, reduction="sum"
         )
 
-    @torch.no_grad()
     def evaluate(self, model, split, autocast=nullcontext):
         pairs: PairData | None = getattr(self.data, split)
         if pairs is None:
             return None
-        bs = self._eval_chunk()
-        total, correct, count, seq_ok = 0.0, 0, 0, 0
-        for start in range(0, len(pairs), bs):
-            batch = self._to(pairs.collate(torch.arange(start, min(start + bs, len(pairs)))))
-            with autocast():
-                logits = self._forward(model, batch)
-            logits = logits.float()
-            t = batch["targets"]
-            total += F.cross_entropy(logits.flatten(0, 1), t.flatten(), ignore_index=-1, reduction="sum").item()
-            valid = t != -1
-            hit = (logits.argmax(-1) == t) & valid
-            correct += int(hit.sum())
-            count += int(valid.sum())
-            seq_ok += int((hit | ~valid).all(dim=1).sum())
-        loss = total / max(count, 1)
-        return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "acc": correct / max(count, 1),
-                "seq_acc": seq_ok / len(pairs)}
+        return evaluate_seq2seq(model, pairs, chunk=self._eval_chunk(), device=self.device, autocast=autocast)
 
     def describe(self) -> str:
         n_val = len(self.data.val) if self.data.val is not None else 0
@@ -287,49 +242,22 @@ class Seq2SeqTask(Task):
                 f"{self.tokenizer.vocab_size}")
 
 
-class VisionTask(Task):
+class VisionTask(_EpochTask):
     """Image classification with cross-entropy on the model's logits."""
 
     family = "vision"
     unit = "img"
     units = "images"
 
-    def __init__(self, cfg: Config, device: torch.device, data: VisionData):
-        super().__init__(cfg, device)
-        self.data = data
-        self.tokenizer = None
-        _, c, h, w = data.train.images.shape
-        n_cls = int(max(int(s.labels.max()) for s in (data.train, data.val, data.test) if s is not None)) + 1
-        self.spec = DataSpec("vision", image_shape=(c, w, h), num_classes=n_cls)  # models read (C, W, H)
-
-    def _idx(self, step: int) -> torch.Tensor:
-        if self._cache is None or self._cache[0] != step:
-            idx = epoch_indices(self.cfg.train.seed, step, self.cfg.train.batch_size, len(self.data.train))
-            self._cache = (step, idx)
-        return self._cache[1]
-
-    def train_batch(self, step, micro, rank, world):
-        return self._to(self.data.train.collate(self._micro_rows(self._idx(step), micro, rank, world)))
-
     def loss_sum(self, model, batch):
         logits = model(batch["images"])
         return F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
 
-    @torch.no_grad()
     def evaluate(self, model, split, autocast=nullcontext):
-        data: ImageData | None = getattr(self.data, split)
-        if data is None:
+        images = getattr(self.data, split)
+        if images is None:
             return None
-        bs = self._eval_chunk()
-        total, correct = 0.0, 0
-        for start in range(0, len(data), bs):
-            batch = self._to(data.collate(torch.arange(start, min(start + bs, len(data)))))
-            with autocast():
-                logits = model(batch["images"])
-            logits = logits.float()
-            total += F.cross_entropy(logits, batch["labels"], reduction="sum").item()
-            correct += int((logits.argmax(-1) == batch["labels"]).sum())
-        return {"loss": total / len(data), "acc": correct / len(data)}
+        return evaluate_vision(model, images, chunk=self._eval_chunk(), device=self.device, autocast=autocast)
 
     def describe(self) -> str:
         n_val = len(self.data.val) if self.data.val is not None else 0

@@ -15,6 +15,8 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+from dual_attention.errors import DataError
+
 __all__ = [
     "DataError",
     "ByteTokenizer",
@@ -29,10 +31,6 @@ __all__ = [
 ]
 
 TOKENIZER_FILE = "tokenizer.json"
-
-
-class DataError(ValueError):
-    """A data problem the user can fix (missing file, bad format, tokenizer unavailable)."""
 
 
 class ByteTokenizer:

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from dual_attention.errors import RunDirError
 from dual_attention.training import distributed as D
 from dual_attention.training.checkpoint import (
     STATE_FILE,
@@ -65,10 +66,6 @@ __all__ = ["TrainResult", "RunDirError", "train", "lr_at", "checkpoint_every", "
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
 _RUN_MARKERS = (METRICS_FILE, CONFIG_FILE, "checkpoint", "checkpoint.old")
-
-
-class RunDirError(ValueError):
-    """The run directory exists (and neither resume nor overwrite was asked) or cannot be resumed."""
 
 
 @dataclass
