@@ -44,9 +44,9 @@ def _no_experiment(args: argparse.Namespace) -> int:
 
 def _math_grid(args: argparse.Namespace, mx) -> tuple[list[str], list[int], list[str]]:
     """Families, seeds and models from the flags (CLIError on a bad value)."""
-    from dual_attention.errors import CLIError
     from dual_attention.commands.demo import parse_list, parse_seeds
     from dual_attention.data.math_tasks import FAMILIES
+    from dual_attention.errors import CLIError
 
     if args.families in ("all", "all4"):
         families = list(FAMILIES if args.families == "all" else mx.FOUR_FAMILIES)
@@ -68,8 +68,8 @@ def _math_grid(args: argparse.Namespace, mx) -> tuple[list[str], list[int], list
 
 def _math_flags() -> tuple:
     """The flags of :class:`MathSettings` fields: (flag, metavar, help, attribute, parse)."""
-    from dual_attention.errors import CLIError
     from dual_attention.commands.demo import parse_float, parse_positive
+    from dual_attention.errors import CLIError
 
     def width(flag: str, text: str) -> int:
         from dual_attention.experiments.math import MathSettings
@@ -99,8 +99,8 @@ def _math_flags() -> tuple:
 
 
 def run_math(args: argparse.Namespace) -> int:
-    from dual_attention.errors import CLIError
     from dual_attention.commands.demo import pool_flags, print_files, set_from_flags
+    from dual_attention.errors import CLIError
     from dual_attention.experiments import math as mx
 
     families, seeds, models = _math_grid(args, mx)
