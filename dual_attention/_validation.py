@@ -42,6 +42,12 @@ def check_bool(name: str, value: Any) -> None:
         raise TypeError(f"{name} must be a bool, got {type(value).__name__} ({value!r})")
 
 
+def check_bools(**flags: Any) -> None:
+    """:func:`check_bool` for each ``name=value``, in the order given."""
+    for name, value in flags.items():
+        check_bool(name, value)
+
+
 def check_kwargs_dict(name: str, value: Any) -> dict:
     """Return a *copy* of an optional kwargs dict (never mutate the caller's dict)."""
     if value is None:

@@ -23,8 +23,15 @@ from dual_attention._validation import (
     check_positive_int,
     check_probability,
 )
-from dual_attention.attention_utils import POLICY, AttentionMask, apply_rotary_emb, repeat_kv, resolve_mask
-from dual_attention.kv_cache import KVCache, StaticCache
+from dual_attention.attention_utils import (
+    POLICY,
+    AttentionMask,
+    apply_rotary_emb,
+    merge_heads,
+    repeat_kv,
+    resolve_mask,
+)
+from dual_attention.kv_cache import KVCache, StaticCache, decoding_positions
 
 
 def check_head_geometry(d_model: int, n_heads: int, total_n_heads: int | None, n_kv_heads: int | None) -> None:
@@ -39,6 +46,19 @@ def check_head_geometry(d_model: int, n_heads: int, total_n_heads: int | None, n
     check_divisible("d_model", d_model, "total_n_heads" if total_n_heads else "n_heads", total)
     if n_kv_heads is not None:
         check_divisible("n_heads", n_heads, "n_kv_heads", n_kv_heads)
+
+
+def init_head_geometry(module: nn.Module, d_model: int, n_heads: int, dropout: float, total_n_heads: int | None,
+                       n_kv_heads: int | None) -> None:
+    """Set the head attributes the attention layers share (checked by :func:`check_head_geometry`): ``d_model``,
+    ``n_heads``, ``dropout``, ``total_n_heads``, ``head_dim = d_model // total_n_heads``, ``n_kv_heads``,
+    ``n_rep_kv`` (query heads per kv head) and ``attn_scale = 1/√head_dim``."""
+    module.d_model, module.n_heads, module.dropout = d_model, n_heads, dropout
+    module.total_n_heads = n_heads if total_n_heads is None else total_n_heads
+    module.head_dim = d_model // module.total_n_heads
+    module.n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+    module.n_rep_kv = n_heads // module.n_kv_heads
+    module.attn_scale = 1 / math.sqrt(module.head_dim)
 
 
 def check_sequence_input(name: str, x: Tensor, d_model: int) -> None:
@@ -91,15 +111,8 @@ class Attention(nn.Module):
         if symmetric_attn and ((n_kv_heads or n_heads) != n_heads or add_bias_kv):
             raise ValueError(f"symmetric_attn=True ties wk to wq: it needs n_kv_heads == n_heads ({n_heads}, got "
                              f"{n_kv_heads}) and add_bias_kv=False (got {add_bias_kv})")
-        self.d_model = d_model
-        self.n_heads = n_heads
-        self.dropout = dropout
-        self.total_n_heads = n_heads if total_n_heads is None else total_n_heads
-        self.head_dim = d_model // self.total_n_heads
+        init_head_geometry(self, d_model, n_heads, dropout, total_n_heads, n_kv_heads)
         self.key_dim = self.head_dim if key_dim is None else key_dim
-        self.n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
-        self.n_rep_kv = n_heads // self.n_kv_heads
-        self.attn_scale = 1 / math.sqrt(self.head_dim)
         self.add_bias_kv, self.add_bias_out = add_bias_kv, add_bias_out
         self.symmetric_attn = symmetric_attn
 
@@ -131,9 +144,8 @@ class Attention(nn.Module):
             kv_cache.set("k", k)
             kv_cache.set("v", v)
         elif kv_cache is not None:
-            if input_pos is None:
-                raise ValueError("input_pos is required when a KVCache is given")
-            k, v = kv_cache.update("k", input_pos, k), kv_cache.update("v", input_pos, v)
+            pos = decoding_positions(kv_cache, input_pos)
+            k, v = kv_cache.update("k", pos, k), kv_cache.update("v", pos, v)
         return q, k, v
 
     def forward(
@@ -177,7 +189,6 @@ class Attention(nn.Module):
         q_pos = input_pos if isinstance(kv_cache, KVCache) else None
         mask = resolve_mask(mask, attn_mask, is_causal, key_padding_mask, q_len=lq, k_len=k.shape[2], q_pos=q_pos,
                             device=q.device, batch_size=b, n_heads=self.n_heads)
-        mask.check_heads(self.n_heads)
         weights = None
         if POLICY.explicit(need_weights, lq, decoding=q_pos is not None):
             logits = torch.matmul(q, k.transpose(-2, -1)) * self.attn_scale  # (B, H, Lq, Lk)
@@ -186,5 +197,4 @@ class Attention(nn.Module):
         else:
             out = F.scaled_dot_product_attention(q, k, v, **mask.sdpa_kwargs(), scale=self.attn_scale,
                                                  dropout_p=self.dropout if self.training else 0.0)
-        out = out.transpose(1, 2).reshape(b, lq, self.n_heads * self.head_dim)  # (B, Lq, H*D)
-        return self.resid_dropout(self.wo(out)), weights if need_weights else None
+        return self.resid_dropout(self.wo(merge_heads(out))), weights if need_weights else None

@@ -71,6 +71,20 @@ def apply_rotary_emb(xq: Tensor, xk: Tensor, freqs_cos: Tensor, freqs_sin: Tenso
     return _rotate(xq, freqs_cos, freqs_sin), _rotate(xk, freqs_cos, freqs_sin)
 
 
+def rotary_if_given(xq: Tensor, xk: Tensor, freqs_cos: Tensor | None,
+                    freqs_sin: Tensor | None) -> tuple[Tensor, Tensor]:
+    """:func:`apply_rotary_emb` when both RoPE tables are given, else ``(xq, xk)`` unchanged."""
+    if freqs_cos is None or freqs_sin is None:
+        return xq, xk
+    return apply_rotary_emb(xq, xk, freqs_cos, freqs_sin)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """``(B, H, L, D) -> (B, L, H*D)``: the heads side by side, as the output projection takes them."""
+    b, n_heads, length, d = x.shape
+    return x.transpose(1, 2).reshape(b, length, n_heads * d)  # (B, L, H*D)
+
+
 def expand_heads(x: Tensor, n_rep: int) -> Tensor:
     """``(B, K, L, D) -> (B, K*n_rep, L, D)``, kv head g serving query heads g*n_rep .. g*n_rep+n_rep-1."""
     if n_rep == 1:
@@ -273,13 +287,16 @@ def resolve_mask(mask: AttentionMask | None, attn_mask: Tensor | None, is_causal
                  key_padding_mask: Tensor | None, **build_kwargs) -> AttentionMask:
     """The mask a layer uses: ``mask`` (built by the model, once per forward), or one built from the published
     arguments ``attn_mask``/``is_causal`` and ``key_padding_mask`` (``build_kwargs`` as in
-    :meth:`AttentionMask.build`). Giving both is a ``ValueError``."""
+    :meth:`AttentionMask.build`). Giving both is a ``ValueError``. With ``n_heads`` the mask must have 1 or
+    ``n_heads`` heads (:meth:`AttentionMask.check_heads`)."""
     if mask is None:
-        return AttentionMask.build(attn_mask, is_causal, key_padding_mask, **build_kwargs)
-    if not isinstance(mask, AttentionMask):
+        mask = AttentionMask.build(attn_mask, is_causal, key_padding_mask, **build_kwargs)
+    elif not isinstance(mask, AttentionMask):
         raise TypeError(f"mask must be an AttentionMask or None, got {type(mask).__name__}")
-    if attn_mask is not None or is_causal or key_padding_mask is not None:
+    elif attn_mask is not None or is_causal or key_padding_mask is not None:
         raise ValueError("give either mask (an AttentionMask) or attn_mask/is_causal/key_padding_mask, not both")
+    if build_kwargs.get("n_heads") is not None:
+        mask.check_heads(build_kwargs["n_heads"])
     return mask
 
 

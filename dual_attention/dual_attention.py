@@ -63,6 +63,26 @@ def _hadamard_kwargs(sa_kwargs: dict, ra_kwargs: dict) -> dict:
     return {**sa_kwargs, **ra_kwargs}
 
 
+def _check_sharing(n_heads_sa: int, n_heads_ra: int, ra_type: str, sa_kwargs: dict, ra_kwargs: dict) -> None:
+    """``share_attn_params=True`` needs as many SA as RA heads, RA, and one ``symmetric_attn`` for both."""
+    if n_heads_sa != n_heads_ra:
+        raise ValueError("Number of heads in self-attention and relational attention must be the same if "
+                         f"sharing attention parameters (n_heads_sa={n_heads_sa}, n_heads_ra={n_heads_ra})")
+    if ra_type != "relational_attention":
+        raise ValueError(f"share_attn_params=True needs ra_type='relational_attention', got {ra_type!r}")
+    if sa_kwargs.get("symmetric_attn", False) != ra_kwargs.get("symmetric_attn", False):
+        raise ValueError("share_attn_params=True needs the same symmetric_attn in sa_kwargs and ra_kwargs")
+
+
+def _share_query_key(sa: Attention, ra: RelationalAttention, sa_kwargs: dict, ra_kwargs: dict) -> None:
+    """``share_attn_params``: the SA query/key projections *are* RA's ``wq_attn``/``wk_attn``."""
+    if sa.wq.weight.shape != ra.wq_attn.weight.shape or sa.wk.weight.shape != ra.wk_attn.weight.shape \
+            or sa.wk.bias is None and ra.wk_attn.bias is not None:
+        raise ValueError("share_attn_params=True needs the same key_dim, n_kv_heads and add_bias_kv in "
+                         f"sa_kwargs={sa_kwargs} and ra_kwargs={ra_kwargs}")
+    sa.wq, sa.wk = ra.wq_attn, ra.wk_attn
+
+
 class DualAttention(nn.Module):
     """``n_heads_sa`` self-attention heads and ``n_heads_ra`` relational heads of width ``d_model // (sa + ra)``.
 
@@ -100,13 +120,7 @@ class DualAttention(nn.Module):
         if n_heads_ra > 0:
             check_choice("ra_type", ra_type, RA_TYPES)
         if share_attn_params:
-            if n_heads_sa != n_heads_ra:
-                raise ValueError("Number of heads in self-attention and relational attention must be the same if "
-                                 f"sharing attention parameters (n_heads_sa={n_heads_sa}, n_heads_ra={n_heads_ra})")
-            if ra_type != "relational_attention":
-                raise ValueError(f"share_attn_params=True needs ra_type='relational_attention', got {ra_type!r}")
-            if sa_kwargs.get("symmetric_attn", False) != ra_kwargs.get("symmetric_attn", False):
-                raise ValueError("share_attn_params=True needs the same symmetric_attn in sa_kwargs and ra_kwargs")
+            _check_sharing(n_heads_sa, n_heads_ra, ra_type, sa_kwargs, ra_kwargs)
         self.d_model, self.dropout = d_model, dropout
         self.n_heads_sa, self.n_heads_ra = n_heads_sa, n_heads_ra
         self.ra_type, self.share_attn_params = ra_type, share_attn_params
@@ -132,12 +146,7 @@ class DualAttention(nn.Module):
             if symmetric_attn:
                 _tie_query_key(self.relational_attention, ra_type, ra_kwargs)
         if share_attn_params:
-            sa, ra = self.self_attention, self.relational_attention
-            if sa.wq.weight.shape != ra.wq_attn.weight.shape or sa.wk.weight.shape != ra.wk_attn.weight.shape \
-                    or sa.wk.bias is None and ra.wk_attn.bias is not None:
-                raise ValueError("share_attn_params=True needs the same key_dim, n_kv_heads and add_bias_kv in "
-                                 f"sa_kwargs={sa_kwargs} and ra_kwargs={ra_kwargs}")
-            sa.wq, sa.wk = ra.wq_attn, ra.wk_attn
+            _share_query_key(self.self_attention, self.relational_attention, sa_kwargs, ra_kwargs)
 
     @property
     def supports_kv_cache(self) -> bool:

@@ -16,7 +16,6 @@ from dual_attention.attention import Attention
 from dual_attention.attention_utils import AttentionMask
 from dual_attention.dual_attention import DualAttention
 from dual_attention.hadamard_attention import HadamardDualAttention, check_hadamard_symbols
-from dual_attention.kv_cache import StaticCache
 from dual_attention.relational_attention import (
     DisentangledRelationalCrossAttention,
     RelationalAttention,
@@ -65,7 +64,25 @@ def check_symbol_options(symbol_retrieval: str | None, allowed: dict, retriever_
     return ra_kwargs
 
 
-class DualAttnEncoderBlock(_Residual):
+class _DualAttnBlock(_Residual):
+    """What the dual-attention blocks share: the dual-attention sub-layer and its norms."""
+
+    _self_attention_name = "dual_attn"
+
+    def _init_dual_attention(self, d_model: int, n_heads_sa: int, n_heads_ra: int, dropout_rate: float,
+                             norm_first: bool, norm_type: str, sa_kwargs: dict | None, ra_kwargs: dict | None,
+                             ra_type: str, share_attn_params: bool, causal: bool) -> None:
+        """Register ``dropout``, ``norm1``, ``dual_attn`` and ``norm2`` (in this order)."""
+        self.d_model, self.norm_first, self.causal = d_model, norm_first, causal
+        self.dropout = nn.Dropout(dropout_rate)
+        self.norm1 = create_norm(d_model, norm_type)
+        self.dual_attn = DualAttention(d_model=d_model, n_heads_sa=n_heads_sa, n_heads_ra=n_heads_ra,
+                                       dropout=dropout_rate, sa_kwargs=sa_kwargs, ra_kwargs=ra_kwargs,
+                                       ra_type=ra_type, share_attn_params=share_attn_params)
+        self.norm2 = create_norm(d_model, norm_type)
+
+
+class DualAttnEncoderBlock(_DualAttnBlock):
     """Dual attention (SA + RA heads) and a feed-forward block; ``causal`` fixes the attention's causality.
 
     ``bias`` sets the feed-forward biases; attention biases come from ``sa_kwargs``/``ra_kwargs``.
@@ -90,17 +107,9 @@ class DualAttnEncoderBlock(_Residual):
     ) -> None:
         super().__init__()
         check_block_args(d_model, dropout_rate, norm_first, causal)
-        self.d_model, self.norm_first, self.causal = d_model, norm_first, causal
-        self.dropout = nn.Dropout(dropout_rate)
-        self.norm1 = create_norm(d_model, norm_type)
-        self.dual_attn = DualAttention(d_model=d_model, n_heads_sa=n_heads_sa, n_heads_ra=n_heads_ra,
-                                       dropout=dropout_rate, sa_kwargs=sa_kwargs, ra_kwargs=ra_kwargs,
-                                       ra_type=ra_type, share_attn_params=share_attn_params)
-        self.norm2 = create_norm(d_model, norm_type)
+        self._init_dual_attention(d_model, n_heads_sa, n_heads_ra, dropout_rate, norm_first, norm_type, sa_kwargs,
+                                  ra_kwargs, ra_type, share_attn_params, causal)
         self.ff_block = FeedForwardBlock(d_model, dff, activation, use_bias=bias)
-
-    def init_kv_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> nn.ModuleDict:
-        return self.dual_attn.init_kv_cache(batch_size, max_len, device, dtype)
 
     def forward(
         self,
@@ -121,15 +130,14 @@ class DualAttnEncoderBlock(_Residual):
         Masks: ``mask`` (an :class:`~dual_attention.attention_utils.AttentionMask` built once by the model), or
         ``attn_mask`` and ``key_padding_mask`` with the block's ``causal``."""
         weights = {}
-        masks = self._mask_kwargs(mask, attn_mask, key_padding_mask)
-        attend = self._keep(weights, "attn", lambda h: self.dual_attn(
+        attend = self._self_sublayer(weights, "attn", lambda h, **masks: self.dual_attn(
             h, symbols, freqs_cos=freqs_cos, freqs_sin=freqs_sin, need_weights=return_weights, kv_cache=kv_cache,
-            input_pos=input_pos, **masks))
+            input_pos=input_pos, **masks), mask, attn_mask, key_padding_mask)
         x = self._encoder_layer(x, attend)
         return (x, _dual_weights(weights)) if return_weights else x
 
 
-class DualAttnDecoderBlock(_Residual):
+class DualAttnDecoderBlock(_DualAttnBlock):
     """Causal dual attention, cross-attention to the encoder output, and a feed-forward block.
 
     The feed-forward output gets dropout like the other sub-layers (the published block had none there).
@@ -157,20 +165,11 @@ class DualAttnDecoderBlock(_Residual):
         super().__init__()
         check_block_args(d_model, dropout_rate, norm_first, causal)
         cross_kwargs = check_kwargs_dict("cross_kwargs", cross_kwargs)
-        self.d_model, self.norm_first, self.causal = d_model, norm_first, causal
-        self.dropout = nn.Dropout(dropout_rate)
-        self.norm1 = create_norm(d_model, norm_type)
-        self.dual_attn = DualAttention(d_model=d_model, n_heads_sa=n_heads_sa, n_heads_ra=n_heads_ra,
-                                       dropout=dropout_rate, sa_kwargs=sa_kwargs, ra_kwargs=ra_kwargs,
-                                       ra_type=ra_type, share_attn_params=share_attn_params)
-        self.norm2 = create_norm(d_model, norm_type)
+        self._init_dual_attention(d_model, n_heads_sa, n_heads_ra, dropout_rate, norm_first, norm_type, sa_kwargs,
+                                  ra_kwargs, ra_type, share_attn_params, causal)
         self.cross_attn = Attention(d_model=d_model, n_heads=n_heads_cross, dropout=dropout_rate, **cross_kwargs)
         self.norm3 = create_norm(d_model, norm_type)
         self.ff_block = FeedForwardBlock(d_model, dff, activation, use_bias=bias)
-
-    def init_kv_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> nn.ModuleDict:
-        return nn.ModuleDict({"self": self.dual_attn.init_kv_cache(batch_size, max_len, device, dtype),
-                              "cross": StaticCache()})
 
     def forward(
         self,
@@ -194,10 +193,10 @@ class DualAttnDecoderBlock(_Residual):
         ``mask``/``context_mask`` (built once by the model) replace ``attn_mask``, ``key_padding_mask`` and the
         block's ``causal`` / ``context_padding_mask``."""
         weights = {}
-        masks = self._mask_kwargs(mask, attn_mask, key_padding_mask)
-        self_attend = self._keep(weights, "attn", lambda h: self.dual_attn(
+        self_attend = self._self_sublayer(weights, "attn", lambda h, **masks: self.dual_attn(
             h, symbols, freqs_cos=freqs_cos, freqs_sin=freqs_sin, need_weights=return_weights,
-            kv_cache=None if kv_cache is None else kv_cache["self"], input_pos=input_pos, **masks))
+            kv_cache=None if kv_cache is None else kv_cache["self"], input_pos=input_pos, **masks),
+            mask, attn_mask, key_padding_mask)
         cross_attend = self._cross_attention(weights, context, context_padding_mask, context_mask, kv_cache,
                                              return_weights)
         x = self._decoder_layer(x, self_attend, cross_attend)

@@ -30,12 +30,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dual_attention._validation import check_bool, check_choice, check_positive_int, check_probability
+from dual_attention._validation import check_bools, check_choice, check_positive_int, check_probability
 from dual_attention.attention import check_head_geometry, check_sequence_input
-from dual_attention.attention_utils import POLICY, AttentionMask, apply_rotary_emb, repeat_kv, resolve_mask
-from dual_attention.kv_cache import KVCache
+from dual_attention.attention_utils import (
+    POLICY,
+    AttentionMask,
+    merge_heads,
+    repeat_kv,
+    resolve_mask,
+    rotary_if_given,
+)
+from dual_attention.kv_cache import KVCache, decoding_positions
 from dual_attention.model_utils import ACTIVATIONS, get_activation_function
 from dual_attention.relational_functional import map_query_blocks
+from dual_attention.symbol_values import describe, is_token_symbols
 
 #: queries per block of the materialised path (non-identity ``rel_activation``): O(block · Lk · D) memory a head
 RELATION_BLOCK_SIZE = 128
@@ -93,10 +101,8 @@ class HadamardDualAttention(nn.Module):
         check_head_geometry(d_model, n_heads, None, n_kv_heads)
         check_probability("dropout", dropout)
         check_choice("rel_activation", rel_activation, ACTIVATIONS)
-        for name, flag in (("symmetric_rels", symmetric_rels), ("qk_norm", qk_norm), ("use_symbols", use_symbols),
-                           ("symmetric_attn", symmetric_attn), ("add_bias_kv", add_bias_kv),
-                           ("add_bias_out", add_bias_out)):
-            check_bool(name, flag)
+        check_bools(symmetric_rels=symmetric_rels, qk_norm=qk_norm, use_symbols=use_symbols,
+                    symmetric_attn=symmetric_attn, add_bias_kv=add_bias_kv, add_bias_out=add_bias_out)
         self.d_model, self.dropout = d_model, dropout
         self.n_heads_sa, self.n_heads_ra, self.n_heads = n_heads_sa, n_heads_ra, n_heads
         self.head_dim = self.key_dim = d_model // n_heads
@@ -144,12 +150,10 @@ class HadamardDualAttention(nn.Module):
             if symbols is not None:
                 raise ValueError("this HadamardDualAttention was built with use_symbols=False: pass symbols=None")
             return
-        b, n, d = x.shape
-        if not isinstance(symbols, Tensor) or symbols.dim() != 3 or symbols.shape[1:] != (n, d) \
-                or symbols.shape[0] not in (1, b):
-            shape = tuple(symbols.shape) if isinstance(symbols, Tensor) else type(symbols).__name__
+        if not is_token_symbols(symbols, x):
+            b, n, d = x.shape
             raise ValueError(f"ra_type='hadamard' takes per-token symbols of shape (batch, length, d_model) = "
-                             f"({b}, {n}, {d}) or None (use_symbols=False), got {shape}")
+                             f"({b}, {n}, {d}) or None (use_symbols=False), got {describe(symbols)}")
 
     def _values(self, x: Tensor, symbols: Tensor | None) -> Tensor:
         """``[(v ‖) u (‖ w)]``: ``(B, n, Hkv, n_value_parts * D)``."""
@@ -167,6 +171,59 @@ class HadamardDualAttention(nn.Module):
             u = self.wk_rel(x).view(b, n, self.n_kv_heads, self.head_dim)
             return repeat_kv(u, self.n_rep_kv)[:, :, self.n_heads_sa:].transpose(1, 2)
         return self.wq_rel(x).view(b, n, self.n_heads_ra, self.head_dim).transpose(1, 2)
+
+    def _project(self, x: Tensor, symbols: Tensor | None, freqs_cos: Tensor | None, freqs_sin: Tensor | None,
+                 kv_cache: KVCache | None, input_pos: Tensor | None):
+        """Check the inputs; ``(q (B, H, n, D), k (B, H, Lk, D), values (B, H, Lk, c*D), q_pos)``: queries and keys
+        (normed, rotated), the values ``[(v ‖) u (‖ w)]``, over the cache when decoding (``q_pos = input_pos``,
+        else None), kv heads repeated."""
+        check_sequence_input("x", x, self.d_model)
+        self._check_symbols(symbols, x)
+        b, n, _ = x.shape
+        hd = self.head_dim
+        q = self.wq(x).view(b, n, self.n_heads, hd)  # (B, n, H, D)
+        k = self.wk(x).view(b, n, self.n_kv_heads, hd)  # (B, n, Hkv, D)
+        if self.qk_norm:
+            q, k = F.rms_norm(q, (hd,)), F.rms_norm(k, (hd,))
+        q, k = rotary_if_given(q, k, freqs_cos, freqs_sin)
+        values = self._values(x, symbols)  # (B, n, Hkv, c*D)
+        q_pos = decoding_positions(kv_cache, input_pos)
+        if q_pos is not None:
+            k, values = kv_cache.update("k", q_pos, k), kv_cache.update("v", q_pos, values)
+        k = repeat_kv(k, self.n_rep_kv).transpose(1, 2)  # (B, H, Lk, D)
+        values = repeat_kv(values, self.n_rep_kv).transpose(1, 2)  # (B, H, Lk, c*D)
+        return q.transpose(1, 2), k, values, q_pos
+
+    def _attend(self, q: Tensor, k: Tensor, values: Tensor, mask: AttentionMask,
+                explicit: bool) -> tuple[Tensor, Tensor | None]:
+        """``(Y = α · values (B, H, n, c*D), α after dropout (B, H, n, Lk) or None)``: explicitly, or fused."""
+        if explicit:
+            logits = torch.matmul(q, k.transpose(-2, -1)) * self.attn_scale  # (B, H, n, Lk)
+            weights = self.attn_dropout(torch.softmax(mask.apply(logits), dim=-1))
+            return torch.matmul(weights, values), weights  # (B, H, n, c*D)
+        width, hd = values.shape[-1], self.head_dim
+        if q.device.type == "cpu":  # the CPU flash kernel needs q, k and v of one width: zero-pad q and k to it
+            q, k = F.pad(q, (0, width - hd)), F.pad(k, (0, width - hd))  # (B, H, n | Lk, c*D); same scores
+        y = F.scaled_dot_product_attention(q, k, values, **mask.sdpa_kwargs(), scale=self.attn_scale,
+                                           dropout_p=self.dropout if self.training else 0.0)  # (B, H, n, c*D)
+        return y, None
+
+    def _relational_heads(self, x: Tensor, y: Tensor, values: Tensor, weights: Tensor | None) -> Tensor:
+        """The RA heads ``(B, H_ra, n, D)``: ``(W_qrel x_i) ⊙ Y_rel (+ Y_sym)``, or with φ ≠ identity the
+        materialised ``Σ_j α_ij φ((W_qrel x_i) ⊙ u_j) (+ Y_sym)``."""
+        hd, sa, u0 = self.head_dim, self.n_heads_sa, self.u_offset
+        q_rel = self._rel_queries(x)  # (B, H_ra, n, D)
+        if self.rel_activation_name == "identity":
+            rel = q_rel * y[:, sa:, :, u0:u0 + hd]  # (W_qrel x_i) ⊙ Σ_j α_ij u_j
+        else:  # Σ_j α_ij φ((W_qrel x_i) ⊙ u_j): the products are materialised, a block of queries at a time
+            u, w = values[:, sa:, :, u0:u0 + hd], weights[:, sa:]  # (B, H_ra, Lk, D), (B, H_ra, n, Lk)
+
+            def activated(start: int, end: int) -> Tensor:
+                products = q_rel[:, :, start:end, None, :] * u[:, :, None, :, :]  # (B, H_ra, block, Lk, D)
+                return torch.einsum("bhij,bhijd->bhid", w[:, :, start:end], self.rel_activation(products))
+
+            rel = map_query_blocks(activated, q_rel.shape[2], RELATION_BLOCK_SIZE)  # (B, H_ra, n, D)
+        return rel + y[:, sa:, :, u0 + hd:] if self.use_symbols else rel
 
     def forward(
         self,
@@ -190,56 +247,12 @@ class HadamardDualAttention(nn.Module):
         ``mask``: an :class:`~dual_attention.attention_utils.AttentionMask` built once by the model (instead of
         ``attn_mask``/``is_causal``/``key_padding_mask``).
         """
-        check_sequence_input("x", x, self.d_model)
-        self._check_symbols(symbols, x)
+        q, k, values, q_pos = self._project(x, symbols, freqs_cos, freqs_sin, kv_cache, input_pos)
         b, n, _ = x.shape
-        hd, sa, u0 = self.head_dim, self.n_heads_sa, self.u_offset
-        q = self.wq(x).view(b, n, self.n_heads, hd)  # (B, n, H, D)
-        k = self.wk(x).view(b, n, self.n_kv_heads, hd)  # (B, n, Hkv, D)
-        if self.qk_norm:
-            q, k = F.rms_norm(q, (hd,)), F.rms_norm(k, (hd,))
-        if freqs_cos is not None and freqs_sin is not None:
-            q, k = apply_rotary_emb(q, k, freqs_cos, freqs_sin)
-        values = self._values(x, symbols)  # (B, n, Hkv, c*D)
-        q_pos = None
-        if kv_cache is not None:
-            if input_pos is None:
-                raise ValueError("input_pos is required when a KVCache is given")
-            q_pos = input_pos
-            k = kv_cache.update("k", input_pos, k)
-            values = kv_cache.update("v", input_pos, values)
-        lk = k.shape[1]
-        q = q.transpose(1, 2)  # (B, H, n, D)
-        k = repeat_kv(k, self.n_rep_kv).transpose(1, 2)  # (B, H, Lk, D)
-        values = repeat_kv(values, self.n_rep_kv).transpose(1, 2)  # (B, H, Lk, c*D)
-        mask = resolve_mask(mask, attn_mask, is_causal, key_padding_mask, q_len=n, k_len=lk, q_pos=q_pos,
+        mask = resolve_mask(mask, attn_mask, is_causal, key_padding_mask, q_len=n, k_len=k.shape[2], q_pos=q_pos,
                             device=x.device, batch_size=b, n_heads=self.n_heads)
-        mask.check_heads(self.n_heads)
-        identity = self.rel_activation_name == "identity"
-        weights = None
-        if not identity or POLICY.explicit(need_weights, n, decoding=q_pos is not None):
-            logits = torch.matmul(q, k.transpose(-2, -1)) * self.attn_scale  # (B, H, n, Lk)
-            weights = self.attn_dropout(torch.softmax(mask.apply(logits), dim=-1))
-            y = torch.matmul(weights, values)  # (B, H, n, c*D)
-        else:
-            width = values.shape[-1]
-            if x.device.type == "cpu":  # the CPU flash kernel needs q, k and v of one width: zero-pad q and k to it
-                q, k = F.pad(q, (0, width - hd)), F.pad(k, (0, width - hd))  # (B, H, n | Lk, c*D); same scores
-            y = F.scaled_dot_product_attention(q, k, values, **mask.sdpa_kwargs(), scale=self.attn_scale,
-                                               dropout_p=self.dropout if self.training else 0.0)  # (B, H, n, c*D)
-        q_rel = self._rel_queries(x)  # (B, H_ra, n, D)
-        if identity:
-            rel = q_rel * y[:, sa:, :, u0:u0 + hd]  # (W_qrel x_i) ⊙ Σ_j α_ij u_j
-        else:  # Σ_j α_ij φ((W_qrel x_i) ⊙ u_j): the products are materialised, a block of queries at a time
-            u, w = values[:, sa:, :, u0:u0 + hd], weights[:, sa:]  # (B, H_ra, Lk, D), (B, H_ra, n, Lk)
-
-            def activated(start: int, end: int) -> Tensor:
-                products = q_rel[:, :, start:end, None, :] * u[:, :, None, :, :]  # (B, H_ra, block, Lk, D)
-                return torch.einsum("bhij,bhijd->bhid", w[:, :, start:end], self.rel_activation(products))
-
-            rel = map_query_blocks(activated, n, RELATION_BLOCK_SIZE)  # (B, H_ra, n, D)
-        if self.use_symbols:
-            rel = rel + y[:, sa:, :, u0 + hd:]
-        out = torch.cat([y[:, :sa, :, :hd], rel], dim=1)  # (B, H, n, D)
-        out = out.transpose(1, 2).reshape(b, n, self.n_heads * hd)  # (B, n, H*D)
-        return self.resid_dropout(self.wo(out)), weights if need_weights else None
+        explicit = self.rel_activation_name != "identity" or POLICY.explicit(need_weights, n, q_pos is not None)
+        y, weights = self._attend(q, k, values, mask, explicit)  # (B, H, n, c*D), weights
+        out = torch.cat([y[:, :self.n_heads_sa, :, :self.head_dim], self._relational_heads(x, y, values, weights)],
+                        dim=1)  # (B, H, n, D)
+        return self.resid_dropout(self.wo(merge_heads(out))), weights if need_weights else None

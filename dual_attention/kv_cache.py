@@ -105,3 +105,13 @@ def cache_length(cache: nn.Module) -> int:
         if isinstance(module, KVCache):
             return module.max_len
     raise ValueError(f"{type(cache).__name__} holds no KVCache")
+
+
+def decoding_positions(kv_cache: nn.Module | None, input_pos: Tensor | None) -> Tensor | None:
+    """The query positions of a cached decoding step: ``input_pos`` when a ``kv_cache`` is given (a ``ValueError``
+    without it), else None (a full forward, queries at ``0..L-1``)."""
+    if kv_cache is None:
+        return None
+    if input_pos is None:
+        raise ValueError("input_pos is required when a KVCache is given")
+    return input_pos

@@ -28,6 +28,7 @@ from dual_attention.generation import generate as _generate
 from dual_attention.intermediates import Intermediates, LayerIntermediates, retrieve, run_block
 from dual_attention.kv_cache import cache_length
 from dual_attention.optim import configure_optimizers
+from dual_attention.positional_encoding import POS_ENC_TYPES
 from dual_attention.relational_attention import RelationalAttention
 from dual_attention.symbol_retrieval import (
     LM_SYMBOL_RETRIEVERS,
@@ -39,8 +40,6 @@ from dual_attention.symbol_retrieval import (
 from dual_attention.transformer_blocks import EncoderBlock, create_norm
 
 __all__ = ["DualAttnTransformerLM", "TransformerLM", "configure_optimizers"]
-
-POS_ENC_TYPES = ("pos_emb", "RoPE")
 
 
 class UnsupportedConfigError(ValueError, NotImplementedError):
@@ -76,6 +75,19 @@ class _LanguageModel(nn.Module):
     def _check_rope_fits(self) -> None:
         if self.pos_enc_type == "RoPE":
             check_rope_fits(self.layers.blocks, 2 * self.freqs_cos.shape[-1], "layers.blocks")
+
+    def _init_layers(self, make_block, **retrievers: nn.ModuleList) -> None:
+        """``layers``, in state-dict order: token embedding, dropout, (``symbol_retrievers``,) ``n_layers`` blocks
+        from ``make_block()``, final norm and output; then RoPE checks, positions, weight tying and init."""
+        self.layers = nn.ModuleDict(dict(
+            token_embedder=nn.Embedding(self.vocab_size, self.d_model),
+            dropout=nn.Dropout(self.dropout_rate),
+            **retrievers,
+            blocks=nn.ModuleList(make_block() for _ in range(self.n_layers)),
+            norm=create_norm(self.d_model, self.norm_type),
+            final_out=nn.Linear(self.d_model, self.vocab_size, bias=False),
+        ))
+        self._finish_init()
 
     def _finish_init(self) -> None:
         self._check_rope_fits()
@@ -264,6 +276,23 @@ def _retriever_config(symbol_retriever_config: dict | None) -> dict:
     return config
 
 
+def _check_dual_options(symbol_retrieval: str | None, symbol_retrieval_kwargs: dict | None,
+                        symbol_retriever_config: dict | None, ra_type: str, n_heads_ra: int, sa_kwargs: dict | None,
+                        ra_kwargs: dict | None, update_symbols_each_layer: bool) -> tuple[dict, dict, dict, dict]:
+    """The DAT LM's symbol and attention options, checked: ``(sa_kwargs, ra_kwargs, retriever_kwargs, retriever
+    config)`` (copies; ``ra_kwargs`` as :func:`check_symbol_options` returns it)."""
+    sa_kwargs, ra_kwargs = check_kwargs_dict("sa_kwargs", sa_kwargs), check_kwargs_dict("ra_kwargs", ra_kwargs)
+    retriever_kwargs = check_kwargs_dict("symbol_retrieval_kwargs", symbol_retrieval_kwargs)
+    ra_kwargs = check_symbol_options(symbol_retrieval, LM_SYMBOL_RETRIEVERS, retriever_kwargs, ra_type,
+                                     n_heads_ra, ra_kwargs, update_symbols_each_layer)
+    config = _retriever_config(symbol_retriever_config)
+    if not update_symbols_each_layer and not config["shared_symbol_retriever"]:
+        raise ValueError("update_symbols_each_layer=False computes the symbols once, with one retriever: it "
+                         "needs symbol_retriever_config['shared_symbol_retriever']=True")
+    check_relative_symbols(symbol_retrieval, ra_kwargs, n_heads_ra)
+    return sa_kwargs, ra_kwargs, retriever_kwargs, config
+
+
 def _build_retrievers(symbol_retrieval: str | None, kwargs: dict | None, config: dict,
                       n_layers: int) -> list[nn.Module]:
     """One retriever per layer: the same module for all (shared), or one each, optionally with a tied library;
@@ -333,15 +362,9 @@ class DualAttnTransformerLM(_LanguageModel):
                              "(n_heads_sa=0 and n_heads_ra=0)")
         self._init_common(vocab_size, d_model, n_layers, dff, dropout_rate, activation, norm_first, max_block_size,
                           norm_type, pos_enc_type, bias, n_heads_sa + n_heads_ra)
-        sa_kwargs, ra_kwargs = check_kwargs_dict("sa_kwargs", sa_kwargs), check_kwargs_dict("ra_kwargs", ra_kwargs)
-        retriever_kwargs = check_kwargs_dict("symbol_retrieval_kwargs", symbol_retrieval_kwargs)
-        ra_kwargs = check_symbol_options(symbol_retrieval, LM_SYMBOL_RETRIEVERS, retriever_kwargs, ra_type,
-                                         n_heads_ra, ra_kwargs, update_symbols_each_layer)
-        config = _retriever_config(symbol_retriever_config)
-        if not update_symbols_each_layer and not config["shared_symbol_retriever"]:
-            raise ValueError("update_symbols_each_layer=False computes the symbols once, with one retriever: it "
-                             "needs symbol_retriever_config['shared_symbol_retriever']=True")
-        check_relative_symbols(symbol_retrieval, ra_kwargs, n_heads_ra)
+        sa_kwargs, ra_kwargs, retriever_kwargs, config = _check_dual_options(
+            symbol_retrieval, symbol_retrieval_kwargs, symbol_retriever_config, ra_type, n_heads_ra, sa_kwargs,
+            ra_kwargs, update_symbols_each_layer)
         self.n_heads_sa, self.n_heads_ra = n_heads_sa, n_heads_ra
         self.ra_type, self.share_attn_params = ra_type, share_attn_params
         self.symbol_retriever = symbol_retrieval
@@ -351,20 +374,11 @@ class DualAttnTransformerLM(_LanguageModel):
         if retrievers:
             check_retriever_fits(retrievers[0], d_model, None, "symbol_retrieval_kwargs")
 
-        self.layers = nn.ModuleDict(dict(
-            token_embedder=nn.Embedding(vocab_size, d_model),
-            dropout=nn.Dropout(dropout_rate),
-            symbol_retrievers=nn.ModuleList(retrievers),
-            blocks=nn.ModuleList(
-                DualAttnEncoderBlock(
-                    d_model=d_model, n_heads_sa=n_heads_sa, n_heads_ra=n_heads_ra, dff=dff, activation=activation,
-                    dropout_rate=dropout_rate, norm_first=norm_first, norm_type=norm_type, sa_kwargs=sa_kwargs,
-                    ra_kwargs=ra_kwargs, ra_type=ra_type, share_attn_params=share_attn_params, causal=True)
-                for _ in range(n_layers)),
-            norm=create_norm(d_model, norm_type),
-            final_out=nn.Linear(d_model, vocab_size, bias=False),
-        ))
-        self._finish_init()
+        self._init_layers(lambda: DualAttnEncoderBlock(
+            d_model=d_model, n_heads_sa=n_heads_sa, n_heads_ra=n_heads_ra, dff=dff, activation=activation,
+            dropout_rate=dropout_rate, norm_first=norm_first, norm_type=norm_type, sa_kwargs=sa_kwargs,
+            ra_kwargs=ra_kwargs, ra_type=ra_type, share_attn_params=share_attn_params, causal=True),
+            symbol_retrievers=nn.ModuleList(retrievers))
 
     @property
     def supports_kv_cache(self) -> bool:
@@ -429,18 +443,9 @@ class TransformerLM(_LanguageModel):
         check_bool("use_flash_attention", use_flash_attention)
         block_kwargs = check_kwargs_dict("block_kwargs", block_kwargs)
         self.use_flash_attention = use_flash_attention
-        self.layers = nn.ModuleDict(dict(
-            token_embedder=nn.Embedding(vocab_size, d_model),
-            dropout=nn.Dropout(dropout_rate),
-            blocks=nn.ModuleList(
-                EncoderBlock(d_model=d_model, n_heads=n_heads, dff=dff, dropout_rate=dropout_rate,
-                             activation=activation, norm_first=norm_first, norm_type=norm_type, bias=bias,
-                             causal=True, **block_kwargs)
-                for _ in range(n_layers)),
-            norm=create_norm(d_model, norm_type),
-            final_out=nn.Linear(d_model, vocab_size, bias=False),
-        ))
-        self._finish_init()
+        self._init_layers(lambda: EncoderBlock(
+            d_model=d_model, n_heads=n_heads, dff=dff, dropout_rate=dropout_rate, activation=activation,
+            norm_first=norm_first, norm_type=norm_type, bias=bias, causal=True, **block_kwargs))
 
     def _block_kwargs(self, recording: bool) -> dict:
         return {} if recording else {"need_weights": not self.use_flash_attention}

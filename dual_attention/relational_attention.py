@@ -20,17 +20,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dual_attention._validation import check_bool, check_choice, check_optional_positive_int, check_probability
-from dual_attention.attention import check_head_geometry, check_sequence_input
+from dual_attention._validation import check_bools, check_choice, check_optional_positive_int, check_probability
+from dual_attention.attention import check_head_geometry, check_sequence_input, init_head_geometry
 from dual_attention.attention_utils import (
     POLICY,
     AttentionMask,
-    apply_rotary_emb,
+    merge_heads,
     positions,
     repeat_kv,
     resolve_mask,
+    rotary_if_given,
 )
-from dual_attention.kv_cache import KVCache
+from dual_attention.kv_cache import KVCache, decoding_positions
 from dual_attention.model_utils import ACTIVATIONS, get_activation_function
 from dual_attention.relational_functional import (
     IMPLEMENTATIONS,
@@ -39,7 +40,7 @@ from dual_attention.relational_functional import (
     resolve_implementation,
     run_implementation,
 )
-from dual_attention.symbol_values import RelativeSymbols, SymbolValues, symbol_values
+from dual_attention.symbol_values import RelativeSymbols, SymbolValues, describe, is_token_symbols, symbol_values
 
 
 def _check_symbols(symbols, x: Tensor, relative: bool) -> None:
@@ -50,10 +51,9 @@ def _check_symbols(symbols, x: Tensor, relative: bool) -> None:
                 raise ValueError(f"relative symbols have dim {symbols.table.shape[-1]}, expected d_model={d}")
             return
         if not isinstance(symbols, Tensor) or symbols.dim() != 3 or tuple(symbols.shape) != (n, n, d):
-            shape = tuple(symbols.shape) if isinstance(symbols, Tensor) else type(symbols).__name__
             raise ValueError(
                 f"with use_relative_positional_symbols=True, symbols must be RelativeSymbols or of shape "
-                f"[len, len, dim] = ({n}, {n}, {d}), got {shape}"
+                f"[len, len, dim] = ({n}, {n}, {d}), got {describe(symbols)}"
             )
         return
     if isinstance(symbols, RelativeSymbols):
@@ -61,13 +61,47 @@ def _check_symbols(symbols, x: Tensor, relative: bool) -> None:
             "position-relative symbols need RelationalAttention(use_relative_positional_symbols=True) "
             "(ra_kwargs=dict(use_relative_positional_symbols=True))"
         )
-    if not isinstance(symbols, Tensor) or symbols.dim() != 3 or symbols.shape[1:] != (n, d) \
-            or symbols.shape[0] not in (1, b):
-        shape = tuple(symbols.shape) if isinstance(symbols, Tensor) else type(symbols).__name__
-        raise ValueError(f"symbols must have shape (batch, length, d_model) = ({b}, {n}, {d}), got {shape}")
+    if not is_token_symbols(symbols, x):
+        raise ValueError(f"symbols must have shape (batch, length, d_model) = ({b}, {n}, {d}), got {describe(symbols)}")
 
 
-class RelationalAttention(nn.Module):
+class _RelationalBase(nn.Module):
+    """What RA, RCA and DisRCA share: input checks, the attention queries/keys with RoPE, the symbol values and the
+    keys (through the KV cache when decoding), and the output projection."""
+
+    @staticmethod
+    def _split(proj: nn.Linear, x: Tensor, heads: int, width: int) -> Tensor:
+        b, n, _ = x.shape
+        return proj(x).view(b, n, heads, width)  # (B, n, heads, width)
+
+    def _attention_qk(self, x: Tensor, symbols, wq: nn.Linear, wk: nn.Linear, width: int, freqs_cos: Tensor | None,
+                      freqs_sin: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Check ``x (B, n, d)`` and ``symbols``; the attention queries ``(B, n, H, width)`` and keys
+        ``(B, n, Hkv, width)``, rotated when RoPE tables are given."""
+        check_sequence_input("x", x, self.d_model)
+        _check_symbols(symbols, x, self.use_relative_positional_symbols)
+        q, k = self._split(wq, x, self.n_heads, width), self._split(wk, x, self.n_kv_heads, width)
+        return rotary_if_given(q, k, freqs_cos, freqs_sin)
+
+    def _values_and_keys(self, symbols, b: int, keys: dict[str, Tensor], kv_cache: KVCache | None,
+                         input_pos: Tensor | None) -> tuple[SymbolValues, dict[str, Tensor], Tensor | None]:
+        """``(values, keys, q_pos)``: the symbol values ``W_s s`` and the ``keys`` ``(B, n, heads, ·)``; when
+        decoding, both read through ``kv_cache`` (the new positions written at ``q_pos = input_pos``), else
+        ``q_pos`` is None."""
+        values = symbol_values(symbols, self.wv, self.n_kv_heads, self.head_dim, b,
+                               pairwise=self.use_relative_positional_symbols)
+        q_pos = decoding_positions(kv_cache, input_pos)
+        if q_pos is not None:
+            values = values.cached(kv_cache, q_pos)
+            keys = {name: kv_cache.update(name, q_pos, t) for name, t in keys.items()}
+        return values, keys, q_pos
+
+    def _output(self, out: Tensor) -> Tensor:
+        """``W_o`` of the heads ``(B, H, n, D)`` side by side, with dropout: ``(B, n, H*D)``."""
+        return self.resid_dropout(self.wo(merge_heads(out)))
+
+
+class RelationalAttention(_RelationalBase):
     """Relational attention (the paper's RA). Arguments, defaults and parameter names as in the published package.
 
     Args:
@@ -112,46 +146,44 @@ class RelationalAttention(nn.Module):
         check_optional_positive_int("rel_proj_dim", rel_proj_dim)
         check_probability("dropout", dropout)
         check_choice("rel_activation", rel_activation, ACTIVATIONS)
-        for name, flag in (("add_bias_kv", add_bias_kv), ("add_bias_out", add_bias_out),
-                           ("symmetric_rels", symmetric_rels),
-                           ("use_relative_positional_symbols", use_relative_positional_symbols)):
-            check_bool(name, flag)
-        self.d_model, self.n_heads, self.dropout = d_model, n_heads, dropout
-        self.total_n_heads = n_heads if total_n_heads is None else total_n_heads
-        self.head_dim = d_model // self.total_n_heads
+        check_bools(add_bias_kv=add_bias_kv, add_bias_out=add_bias_out, symmetric_rels=symmetric_rels,
+                    use_relative_positional_symbols=use_relative_positional_symbols)
+        init_head_geometry(self, d_model, n_heads, dropout, total_n_heads, n_kv_heads)
         self.key_dim = self.head_dim if key_dim is None else key_dim
         self.n_relations = n_heads if n_relations is None else n_relations
-        self.n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
-        self.n_rep_kv = n_heads // self.n_kv_heads
-        if rel_proj_dim is None:
-            if (self.head_dim * n_heads) % self.n_relations != 0:
-                raise ValueError(
-                    f"n_relations={self.n_relations} must divide head_dim * n_heads = {self.head_dim * n_heads} "
-                    "when rel_proj_dim is not given"
-                )
-            rel_proj_dim = self.head_dim * n_heads // self.n_relations
-        self.rel_proj_dim = rel_proj_dim
+        self.rel_proj_dim = self._default_rel_proj_dim() if rel_proj_dim is None else rel_proj_dim
         self.rel_activation_name = rel_activation
         self.rel_activation = get_activation_function(rel_activation)
-        self.attn_scale = 1 / math.sqrt(self.head_dim)
         self.rel_scale = 1 / math.sqrt(self.rel_proj_dim)
         self.symmetric_rels = symmetric_rels
         self.use_relative_positional_symbols = use_relative_positional_symbols
         self.add_bias_kv, self.add_bias_out = add_bias_kv, add_bias_out
-
-        # W_r^h: relations (R) -> head_dim, one matrix per head; registered first (state-dict order)
-        self.wr = nn.Parameter(torch.empty(n_heads, self.head_dim, self.n_relations))
-        nn.init.kaiming_uniform_(self.wr, a=math.sqrt(5))
-        self.wq_attn = nn.Linear(d_model, n_heads * self.key_dim, bias=False)
-        self.wk_attn = nn.Linear(d_model, self.n_kv_heads * self.key_dim, bias=add_bias_kv)
-        self.wq_rel = nn.Linear(d_model, self.n_relations * self.rel_proj_dim, bias=False)
-        self.wk_rel = self.wq_rel if symmetric_rels else nn.Linear(
-            d_model, self.n_relations * self.rel_proj_dim, bias=False)
-        self.wv = nn.Linear(d_model, self.n_kv_heads * self.head_dim, bias=add_bias_kv)  # W_s
-        self.wo = nn.Linear(n_heads * self.head_dim, n_heads * self.head_dim, bias=add_bias_out)
-        self.attn_dropout = nn.Dropout(dropout)
-        self.resid_dropout = nn.Dropout(dropout)
+        self._init_parameters()
         self.implementation = "auto"
+
+    def _default_rel_proj_dim(self) -> int:
+        """d_r = head_dim · n_heads / R (R must divide it)."""
+        width = self.head_dim * self.n_heads
+        if width % self.n_relations != 0:
+            raise ValueError(f"n_relations={self.n_relations} must divide head_dim * n_heads = {width} "
+                             "when rel_proj_dim is not given")
+        return width // self.n_relations
+
+    def _init_parameters(self) -> None:
+        """W_r, the attention and relation projections, W_s (``wv``) and W_o, in state-dict order."""
+        d, h, hd, kv = self.d_model, self.n_heads, self.head_dim, self.n_kv_heads
+        rel_width = self.n_relations * self.rel_proj_dim
+        # W_r^h: relations (R) -> head_dim, one matrix per head; registered first (state-dict order)
+        self.wr = nn.Parameter(torch.empty(h, hd, self.n_relations))
+        nn.init.kaiming_uniform_(self.wr, a=math.sqrt(5))
+        self.wq_attn = nn.Linear(d, h * self.key_dim, bias=False)
+        self.wk_attn = nn.Linear(d, kv * self.key_dim, bias=self.add_bias_kv)
+        self.wq_rel = nn.Linear(d, rel_width, bias=False)
+        self.wk_rel = self.wq_rel if self.symmetric_rels else nn.Linear(d, rel_width, bias=False)
+        self.wv = nn.Linear(d, kv * hd, bias=self.add_bias_kv)  # W_s
+        self.wo = nn.Linear(h * hd, h * hd, bias=self.add_bias_out)
+        self.attn_dropout = nn.Dropout(self.dropout)
+        self.resid_dropout = nn.Dropout(self.dropout)
 
     @property
     def implementation(self) -> str:
@@ -198,21 +230,13 @@ class RelationalAttention(nn.Module):
         queries/keys and the symbol values; with ``kv_cache``, the keys and values of every cached position."""
         check_sequence_input("x", x, self.d_model)
         _check_symbols(symbols, x, self.use_relative_positional_symbols)
-        b, n, _ = x.shape
         q, k, q_rel, k_rel = self._input_projections(x)
-        if freqs_cos is not None and freqs_sin is not None:
-            q, k = apply_rotary_emb(q, k, freqs_cos, freqs_sin)
-        values = symbol_values(symbols, self.wv, self.n_kv_heads, self.head_dim, b,
-                               pairwise=self.use_relative_positional_symbols)
-        if kv_cache is not None:
-            if input_pos is None:
-                raise ValueError("input_pos is required when a KVCache is given")
-            values = values.cached(kv_cache, input_pos)
-            k, k_rel = kv_cache.update("k_attn", input_pos, k), kv_cache.update("k_rel", input_pos, k_rel)
-        return RAProblem(q.transpose(1, 2), k.transpose(1, 2), q_rel, k_rel, values, self.wr,
-                         q_pos=None if kv_cache is None else input_pos, attn_scale=self.attn_scale,
-                         rel_scale=self.rel_scale, rel_activation=self.rel_activation,
-                         dropout_p=self.dropout if self.training else 0.0)
+        q, k = rotary_if_given(q, k, freqs_cos, freqs_sin)
+        values, keys, q_pos = self._values_and_keys(symbols, x.shape[0], {"k_attn": k, "k_rel": k_rel}, kv_cache,
+                                                    input_pos)
+        return RAProblem(q.transpose(1, 2), keys["k_attn"].transpose(1, 2), q_rel, keys["k_rel"], values, self.wr,
+                         q_pos=q_pos, attn_scale=self.attn_scale, rel_scale=self.rel_scale,
+                         rel_activation=self.rel_activation, dropout_p=self.dropout if self.training else 0.0)
 
     def forward(
         self,
@@ -248,60 +272,54 @@ class RelationalAttention(nn.Module):
         problem = self.project(x, symbols, freqs_cos, freqs_sin, kv_cache, input_pos)
         problem.mask = resolve_mask(mask, attn_mask, is_causal, key_padding_mask, q_len=n, k_len=problem.lk,
                                     q_pos=problem.q_pos, device=x.device, batch_size=b, n_heads=self.n_heads)
-        problem.mask.check_heads(self.n_heads)
         implementation = resolve_implementation(self.implementation, problem, need_weights=need_weights,
                                                 decoding=kv_cache is not None)
         out, attn, relations = run_implementation(implementation, problem)  # (B, H, n, D), weights
-        out = out.transpose(1, 2).reshape(b, n, self.n_heads * self.head_dim)  # (B, n, H*D)
-        out = self.resid_dropout(self.wo(out))
+        out = self._output(out)
         return (out, attn, relations) if need_weights else (out, None, None)
 
 
-class _CrossAttentionBase(nn.Module):
-    """Shared construction of RCA and DisRCA: heads, GQA, dropout, symbol values, output projection."""
+class _CrossAttentionBase(_RelationalBase):
+    """Shared construction of RCA and DisRCA (heads, GQA, activation, projections, dropout) and their query-blocked
+    attention of the symbol values."""
 
     def _init_common(self, d_model, n_heads, dropout, n_kv_heads, add_bias_kv, add_bias_out, total_n_heads,
-                     use_relative_positional_symbols) -> None:
+                     use_relative_positional_symbols, activation: tuple[str, str],
+                     projections: tuple[str, ...]) -> None:
+        """Check the arguments; set the head geometry and the activation (``activation = (argument, value)``: the
+        attributes ``<argument>_name`` and ``<argument>``); register the query/key ``projections`` (``wq*``: query
+        heads, no bias; the others: kv heads, ``add_bias_kv``), then ``wv`` (W_s), ``wo`` and the dropouts, in this
+        order (state dict)."""
         check_head_geometry(d_model, n_heads, total_n_heads, n_kv_heads)
         check_probability("dropout", dropout)
-        for name, flag in (("add_bias_kv", add_bias_kv), ("add_bias_out", add_bias_out),
-                           ("use_relative_positional_symbols", use_relative_positional_symbols)):
-            check_bool(name, flag)
-        self.d_model, self.n_heads, self.dropout = d_model, n_heads, dropout
-        self.total_n_heads = n_heads if total_n_heads is None else total_n_heads
-        self.head_dim = d_model // self.total_n_heads
-        self.n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
-        self.n_rep_kv = n_heads // self.n_kv_heads
-        self.attn_scale = 1 / math.sqrt(self.head_dim)
+        check_bools(add_bias_kv=add_bias_kv, add_bias_out=add_bias_out,
+                    use_relative_positional_symbols=use_relative_positional_symbols)
+        activation_arg, activation_name = activation
+        check_choice(activation_arg, activation_name, ACTIVATIONS)
+        init_head_geometry(self, d_model, n_heads, dropout, total_n_heads, n_kv_heads)
         self.use_relative_positional_symbols = use_relative_positional_symbols
         self.add_bias_kv, self.add_bias_out = add_bias_kv, add_bias_out
-
-    def _heads(self, proj: nn.Linear, x: Tensor, heads: int) -> Tensor:
-        b, n, _ = x.shape
-        return proj(x).view(b, n, heads, self.head_dim)  # (B, n, heads, D)
-
-    def _check(self, x: Tensor, symbols) -> None:
-        check_sequence_input("x", x, self.d_model)
-        _check_symbols(symbols, x, self.use_relative_positional_symbols)
+        setattr(self, f"{activation_arg}_name", activation_name)
+        setattr(self, activation_arg, get_activation_function(activation_name))
+        hd, kv = self.head_dim, self.n_kv_heads
+        for name in projections:
+            query = name.startswith("wq")
+            setattr(self, name, nn.Linear(d_model, (n_heads if query else kv) * hd, bias=add_bias_kv and not query))
+        self.wv = nn.Linear(d_model, kv * hd, bias=add_bias_kv)
+        self.wo = nn.Linear(n_heads * hd, n_heads * hd, bias=add_bias_out)
+        self.attn_dropout = nn.Dropout(dropout)
+        self.resid_dropout = nn.Dropout(dropout)
 
     def _keys_values_mask(self, x: Tensor, symbols, keys: dict[str, Tensor], kv_cache: KVCache | None,
                           input_pos: Tensor | None, mask, attn_mask, is_causal, key_padding_mask):
         """``(keys, values, mask, q_pos)``: the ``keys (B, n, Hkv, D)`` as ``(B, H, Lk, D)`` (over the cache when
         decoding, kv heads repeated), the symbol values (cached likewise), the mask, the query positions."""
         b, n, _ = x.shape
-        values = symbol_values(symbols, self.wv, self.n_kv_heads, self.head_dim, b,
-                               pairwise=self.use_relative_positional_symbols)
-        q_pos = None
-        if kv_cache is not None:
-            if input_pos is None:
-                raise ValueError("input_pos is required when a KVCache is given")
-            values, q_pos = values.cached(kv_cache, input_pos), input_pos
-            keys = {name: kv_cache.update(name, input_pos, t) for name, t in keys.items()}
+        values, keys, q_pos = self._values_and_keys(symbols, b, keys, kv_cache, input_pos)
         keys = {name: repeat_kv(t, self.n_rep_kv).transpose(1, 2) for name, t in keys.items()}  # (B, H, Lk, D)
         lk = next(iter(keys.values())).shape[2]
         mask = resolve_mask(mask, attn_mask, is_causal, key_padding_mask, q_len=n, k_len=lk, q_pos=q_pos,
                             device=x.device, batch_size=b, n_heads=self.n_heads)
-        mask.check_heads(self.n_heads)
         return keys, values, mask, q_pos
 
     @staticmethod
@@ -333,10 +351,6 @@ class _CrossAttentionBase(nn.Module):
     def init_kv_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> KVCache:
         return KVCache(self.cache_spec(), batch_size, max_len, device=device, dtype=dtype, position_major=frozenset())
 
-    def _finish(self, out: Tensor, b: int, n: int) -> Tensor:
-        out = out.transpose(1, 2).reshape(b, n, self.n_heads * self.head_dim)  # (B, n, H*D)
-        return self.resid_dropout(self.wo(out))
-
 
 class RelationalCrossAttention(_CrossAttentionBase):
     """Relational cross-attention (RCA, the Abstractor's mechanism; an ablation in the paper).
@@ -363,16 +377,7 @@ class RelationalCrossAttention(_CrossAttentionBase):
     ) -> None:
         super().__init__()
         self._init_common(d_model, n_heads, dropout, n_kv_heads, add_bias_kv, add_bias_out, total_n_heads,
-                          use_relative_positional_symbols)
-        check_choice("activation", activation, ACTIVATIONS)
-        self.activation_name = activation
-        self.activation = get_activation_function(activation)
-        self.wq = nn.Linear(d_model, n_heads * self.head_dim, bias=False)
-        self.wk = nn.Linear(d_model, self.n_kv_heads * self.head_dim, bias=add_bias_kv)
-        self.wv = nn.Linear(d_model, self.n_kv_heads * self.head_dim, bias=add_bias_kv)
-        self.wo = nn.Linear(n_heads * self.head_dim, n_heads * self.head_dim, bias=add_bias_out)
-        self.attn_dropout = nn.Dropout(dropout)
-        self.resid_dropout = nn.Dropout(dropout)
+                          use_relative_positional_symbols, ("activation", activation), ("wq", "wk"))
 
     def forward(
         self,
@@ -392,11 +397,8 @@ class RelationalCrossAttention(_CrossAttentionBase):
         """Returns ``(out (B, n, H*D), scores (B, H, n, Lk) after dropout, or None unless need_weights)``.
 
         ``kv_cache``/``input_pos``: incremental decoding (keys and symbol values of the past are cached)."""
-        self._check(x, symbols)
-        b, n, _ = x.shape
-        q, k = self._heads(self.wq, x, self.n_heads), self._heads(self.wk, x, self.n_kv_heads)
-        if freqs_cos is not None and freqs_sin is not None:
-            q, k = apply_rotary_emb(q, k, freqs_cos, freqs_sin)
+        q, k = self._attention_qk(x, symbols, self.wq, self.wk, self.head_dim, freqs_cos, freqs_sin)
+        n = x.shape[1]
         keys, values, mask, q_pos = self._keys_values_mask(x, symbols, {"k": k}, kv_cache, input_pos, mask,
                                                            attn_mask, is_causal, key_padding_mask)
         q, k = q.transpose(1, 2), keys["k"]  # (B, H, n, D), (B, H, Lk, D)
@@ -406,7 +408,7 @@ class RelationalCrossAttention(_CrossAttentionBase):
             v = repeat_kv(values.tensor.transpose(1, 2), self.n_rep_kv).transpose(1, 2)  # (B, H, Lk, D)
             out = F.scaled_dot_product_attention(q, k, v, **mask.sdpa_kwargs(), scale=self.attn_scale,
                                                  dropout_p=self.dropout if self.training else 0.0)
-            return self._finish(out, b, n), None
+            return self._output(out), None
 
         def scores(start: int, end: int, m: AttentionMask) -> Tensor:
             logits = torch.matmul(q[:, :, start:end], k.transpose(-2, -1)) * self.attn_scale  # (B, H, bq, Lk)
@@ -416,7 +418,7 @@ class RelationalCrossAttention(_CrossAttentionBase):
             return self.attn_dropout(weights if allowed is None else weights * allowed.to(weights.dtype))
 
         out, weights = self._attend_blocks(scores, values, mask, n, lk, q_pos, x.device, need_weights)
-        return self._finish(out, b, n), weights
+        return self._output(out), weights
 
 
 class DisentangledRelationalCrossAttention(_CrossAttentionBase):
@@ -446,19 +448,8 @@ class DisentangledRelationalCrossAttention(_CrossAttentionBase):
     ) -> None:
         super().__init__()
         self._init_common(d_model, n_heads, dropout, n_kv_heads, add_bias_kv, add_bias_out, total_n_heads,
-                          use_relative_positional_symbols)
-        check_choice("rel_activation", rel_activation, ACTIVATIONS)
-        self.rel_activation_name = rel_activation
-        self.rel_activation = get_activation_function(rel_activation)
-        hd, kv = self.head_dim, self.n_kv_heads
-        self.wq_attn = nn.Linear(d_model, n_heads * hd, bias=False)
-        self.wk_attn = nn.Linear(d_model, kv * hd, bias=add_bias_kv)
-        self.wq_rel = nn.Linear(d_model, n_heads * hd, bias=False)
-        self.wk_rel = nn.Linear(d_model, kv * hd, bias=add_bias_kv)
-        self.wv = nn.Linear(d_model, kv * hd, bias=add_bias_kv)
-        self.wo = nn.Linear(n_heads * hd, n_heads * hd, bias=add_bias_out)
-        self.attn_dropout = nn.Dropout(dropout)
-        self.resid_dropout = nn.Dropout(dropout)
+                          use_relative_positional_symbols, ("rel_activation", rel_activation),
+                          ("wq_attn", "wk_attn", "wq_rel", "wk_rel"))
 
     def _weights(self, q, k, q_rel, k_rel, mask: AttentionMask) -> tuple[Tensor, Tensor, Tensor]:
         """``(α, ρ, Dropout(α ⊙ ρ))``, each ``(B, H, Lq, Lk)``."""
@@ -488,16 +479,13 @@ class DisentangledRelationalCrossAttention(_CrossAttentionBase):
         """Returns ``(out, attn (B, H, n, Lk) before dropout, rel (B, H, n, Lk))``; weights only if need_weights.
 
         ``kv_cache``/``input_pos``: incremental decoding (attention keys, relation keys and symbol values cached)."""
-        self._check(x, symbols)
-        b, n, _ = x.shape
-        q, k = self._heads(self.wq_attn, x, self.n_heads), self._heads(self.wk_attn, x, self.n_kv_heads)
-        if freqs_cos is not None and freqs_sin is not None:
-            q, k = apply_rotary_emb(q, k, freqs_cos, freqs_sin)
-        k_rel = self._heads(self.wk_rel, x, self.n_kv_heads)  # (B, n, Hkv, D)
+        q, k = self._attention_qk(x, symbols, self.wq_attn, self.wk_attn, self.head_dim, freqs_cos, freqs_sin)
+        n = x.shape[1]
+        k_rel = self._split(self.wk_rel, x, self.n_kv_heads, self.head_dim)  # (B, n, Hkv, D)
         keys, values, mask, q_pos = self._keys_values_mask(x, symbols, {"k_attn": k, "k_rel": k_rel}, kv_cache,
                                                            input_pos, mask, attn_mask, is_causal, key_padding_mask)
-        q, q_rel = q.transpose(1, 2), self._heads(self.wq_rel, x, self.n_heads).transpose(1, 2)  # (B, H, n, D)
-        k, k_rel = keys["k_attn"], keys["k_rel"]  # (B, H, Lk, D)
+        q_rel = self._split(self.wq_rel, x, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, n, D)
+        q, k, k_rel = q.transpose(1, 2), keys["k_attn"], keys["k_rel"]  # (B, H, n, D), (B, H, Lk, D)
         extras = []
 
         def weights(start: int, end: int, m: AttentionMask) -> Tensor:
@@ -507,4 +495,4 @@ class DisentangledRelationalCrossAttention(_CrossAttentionBase):
             return product
 
         out, _ = self._attend_blocks(weights, values, mask, n, k.shape[2], q_pos, x.device, need_weights)
-        return (self._finish(out, b, n), *extras) if need_weights else (self._finish(out, b, n), None, None)
+        return (self._output(out), *extras) if need_weights else (self._output(out), None, None)

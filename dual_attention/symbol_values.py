@@ -125,3 +125,15 @@ def symbol_values(symbols, proj: nn.Module, n_kv_heads: int, head_dim: int, batc
         return PairValues(v.permute(2, 0, 1, 3)[None].expand(batch_size, -1, -1, -1, -1))  # (B, K, Lq, Lk, D)
     v = proj(symbols).view(symbols.shape[0], symbols.shape[1], n_kv_heads, head_dim)  # (B|1, Lk, K, D)
     return TokenValues(v.expand(batch_size, -1, -1, -1).transpose(1, 2))  # (B, K, Lk, D)
+
+
+def is_token_symbols(symbols, x: Tensor) -> bool:
+    """Whether ``symbols`` are per-token symbols for ``x (B, n, d)``: a tensor ``(B or 1, n, d)``."""
+    b, n, d = x.shape
+    return isinstance(symbols, Tensor) and symbols.dim() == 3 and symbols.shape[1:] == (n, d) \
+        and symbols.shape[0] in (1, b)
+
+
+def describe(symbols) -> tuple[int, ...] | str:
+    """What ``symbols`` are, for an error message: a tensor's shape, else the type's name."""
+    return tuple(symbols.shape) if isinstance(symbols, Tensor) else type(symbols).__name__

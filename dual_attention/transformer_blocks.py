@@ -21,6 +21,7 @@ from dual_attention._validation import (
 )
 from dual_attention.attention import Attention
 from dual_attention.attention_utils import AttentionMask
+from dual_attention.kv_cache import StaticCache
 from dual_attention.model_utils import ACTIVATIONS, get_activation_function
 
 NORM_TYPES = ("layernorm", "rmsnorm", "none")
@@ -93,6 +94,24 @@ class _Residual(nn.Module):
 
     norm_first: bool
     causal: bool
+    #: the attribute holding the block's self-attention (whose cache :meth:`init_kv_cache` makes)
+    _self_attention_name = "self_attn"
+
+    def init_kv_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> nn.Module:
+        """The self-attention's KV cache for ``batch_size`` sequences of ``max_len`` positions; a decoder block's
+        is ``{'self': that, 'cross': StaticCache()}`` (the cross-attention keys/values, computed once)."""
+        cache = getattr(self, self._self_attention_name).init_kv_cache(batch_size, max_len, device, dtype)
+        if not hasattr(self, "cross_attn"):
+            return cache
+        return nn.ModuleDict({"self": cache, "cross": StaticCache()})
+
+    def _init_self_attention(self, n_heads: int, dropout_rate: float, norm_type: str, bias: bool,
+                             attn_kwargs: dict) -> None:
+        """A baseline block's ``norm1``, ``self_attn`` (output bias ``bias``) and ``norm2``, in this order."""
+        self.norm1 = create_norm(self.d_model, norm_type)
+        self.self_attn = Attention(d_model=self.d_model, n_heads=n_heads, add_bias_out=bias, dropout=dropout_rate,
+                                   **attn_kwargs)
+        self.norm2 = create_norm(self.d_model, norm_type)
 
     def _residual(self, x: Tensor, norm: nn.Module, fn, dropout: nn.Module) -> Tensor:
         if self.norm_first:
@@ -120,6 +139,13 @@ class _Residual(nn.Module):
             return out
 
         return sublayer
+
+    def _self_sublayer(self, weights: dict, name: str, attention, mask: AttentionMask | None,
+                       attn_mask: Tensor | None, key_padding_mask: Tensor | None) -> Callable[[Tensor], Tensor]:
+        """The self-attention sub-layer ``h -> attention(h, **masks)[0]`` (the rest kept in ``weights[name]``), with
+        the masks of :meth:`_mask_kwargs`."""
+        masks = self._mask_kwargs(mask, attn_mask, key_padding_mask)
+        return self._keep(weights, name, lambda h: attention(h, **masks))
 
     def _mask_kwargs(self, mask: AttentionMask | None, attn_mask: Tensor | None,
                      key_padding_mask: Tensor | None) -> dict:
@@ -160,15 +186,9 @@ class EncoderBlock(_Residual):
         check_block_args(d_model, dropout_rate, norm_first, causal)
         attn_kwargs = {"n_kv_heads": None, "add_bias_kv": False, **check_kwargs_dict("attn_kwargs", attn_kwargs)}
         self.d_model, self.n_heads, self.norm_first, self.causal = d_model, n_heads, norm_first, causal
-        self.norm1 = create_norm(d_model, norm_type)
-        self.self_attn = Attention(d_model=d_model, n_heads=n_heads, add_bias_out=bias, dropout=dropout_rate,
-                                   **attn_kwargs)
-        self.norm2 = create_norm(d_model, norm_type)
+        self._init_self_attention(n_heads, dropout_rate, norm_type, bias, attn_kwargs)
         self.ff_block = FeedForwardBlock(d_model, dff, activation, use_bias=bias)
         self.dropout = nn.Dropout(dropout_rate)
-
-    def init_kv_cache(self, batch_size: int, max_len: int, device=None, dtype=None):
-        return self.self_attn.init_kv_cache(batch_size, max_len, device, dtype)
 
     def forward(
         self,
@@ -189,10 +209,9 @@ class EncoderBlock(_Residual):
         Masks: ``mask`` (an :class:`~dual_attention.attention_utils.AttentionMask` built once by the model), or
         ``attn_mask`` and ``key_padding_mask`` with the block's ``causal``."""
         weights = {}
-        masks = self._mask_kwargs(mask, attn_mask, key_padding_mask)
-        attend = self._keep(weights, "sa", lambda h: self.self_attn(
+        attend = self._self_sublayer(weights, "sa", lambda h, **masks: self.self_attn(
             h, h, h, freqs_cos=freqs_cos, freqs_sin=freqs_sin, need_weights=need_weights or return_weights,
-            kv_cache=kv_cache, input_pos=input_pos, **masks))
+            kv_cache=kv_cache, input_pos=input_pos, **masks), mask, attn_mask, key_padding_mask)
         x = self._encoder_layer(x, attend)
         return (x, weights["sa"]) if return_weights else x
 
@@ -221,19 +240,11 @@ class DecoderBlock(_Residual):
         check_block_args(d_model, dropout_rate, norm_first, causal)
         self.d_model, self.n_heads, self.n_heads_cross = d_model, n_heads, n_heads_cross
         self.norm_first, self.causal = norm_first, causal
-        self.norm1 = create_norm(d_model, norm_type)
-        self.self_attn = Attention(d_model=d_model, n_heads=n_heads, add_bias_out=bias, dropout=dropout_rate)
-        self.norm2 = create_norm(d_model, norm_type)
+        self._init_self_attention(n_heads, dropout_rate, norm_type, bias, {})
         self.cross_attn = Attention(d_model=d_model, n_heads=n_heads_cross, add_bias_out=bias, dropout=dropout_rate)
         self.norm3 = create_norm(d_model, norm_type)
         self.ff_block = FeedForwardBlock(d_model, dff, activation, use_bias=bias)
         self.dropout = nn.Dropout(dropout_rate)
-
-    def init_kv_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> nn.ModuleDict:
-        from dual_attention.kv_cache import StaticCache
-
-        return nn.ModuleDict({"self": self.self_attn.init_kv_cache(batch_size, max_len, device, dtype),
-                              "cross": StaticCache()})
 
     def forward(
         self,
@@ -257,10 +268,10 @@ class DecoderBlock(_Residual):
         ``mask``/``context_mask`` (built once by the model) replace ``attn_mask``, ``key_padding_mask`` and the
         block's ``causal`` / ``context_padding_mask``."""
         weights = {}
-        masks = self._mask_kwargs(mask, attn_mask, key_padding_mask)
-        self_attend = self._keep(weights, "sa", lambda h: self.self_attn(
+        self_attend = self._self_sublayer(weights, "sa", lambda h, **masks: self.self_attn(
             h, h, h, freqs_cos=freqs_cos, freqs_sin=freqs_sin, need_weights=return_weights,
-            kv_cache=None if kv_cache is None else kv_cache["self"], input_pos=input_pos, **masks))
+            kv_cache=None if kv_cache is None else kv_cache["self"], input_pos=input_pos, **masks),
+            mask, attn_mask, key_padding_mask)
         cross_attend = self._cross_attention(weights, context, context_padding_mask, context_mask, kv_cache,
                                              return_weights)
         x = self._decoder_layer(x, self_attend, cross_attend)

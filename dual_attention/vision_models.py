@@ -27,6 +27,7 @@ from dual_attention.attention_utils import AttentionMask, precompute_freqs_cis
 from dual_attention.dual_attn_blocks import DualAttnEncoderBlock, check_rope_fits, check_symbol_options
 from dual_attention.intermediates import Intermediates, LayerIntermediates, retrieve, run_block
 from dual_attention.optim import configure_optimizers
+from dual_attention.positional_encoding import POS_ENC_TYPES
 from dual_attention.symbol_retrieval import (
     SYMBOL_RETRIEVERS,
     build_symbol_retriever,
@@ -38,7 +39,6 @@ from dual_attention.transformer_blocks import EncoderBlock
 __all__ = ["VisionTransformer", "VisionDualAttnTransformer", "configure_optimizers"]
 
 POOLS = ("cls", "mean")
-POS_ENC_TYPES = ("pos_emb", "RoPE")
 
 
 class PatchRearrange(nn.Module):
