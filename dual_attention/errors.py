@@ -24,6 +24,7 @@ __all__ = [
     "MissingExtraError",
     "AppError",
     "CLIError",
+    "UnsupportedConfigError",
     "message_of",
 ]
 
@@ -72,3 +73,8 @@ class AppError(DualAttentionError):
 
 class CLIError(DualAttentionError):
     """A command-line error the user can fix: printed as one line, exit code 2, no traceback."""
+
+
+class UnsupportedConfigError(DualAttentionError, ValueError, NotImplementedError):
+    """A combination of model options that is not implemented (a ValueError, and a NotImplementedError as in the
+    published package)."""

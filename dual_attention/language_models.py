@@ -24,6 +24,7 @@ from dual_attention._validation import (
 )
 from dual_attention.attention_utils import AttentionMask, precompute_freqs_cis
 from dual_attention.dual_attn_blocks import DualAttnEncoderBlock, check_rope_fits, check_symbol_options
+from dual_attention.errors import UnsupportedConfigError
 from dual_attention.generation import generate as _generate
 from dual_attention.intermediates import Intermediates, LayerIntermediates, retrieve, run_block
 from dual_attention.kv_cache import cache_length
@@ -42,8 +43,6 @@ from dual_attention.transformer_blocks import EncoderBlock, create_norm
 __all__ = ["DualAttnTransformerLM", "TransformerLM", "configure_optimizers"]
 
 
-class UnsupportedConfigError(ValueError, NotImplementedError):
-    """A combination of options that is not implemented (a ValueError, and a NotImplementedError as published)."""
 
 
 class _LanguageModel(nn.Module):
