@@ -74,12 +74,15 @@ class _RelationalBase(nn.Module):
         b, n, _ = x.shape
         return proj(x).view(b, n, heads, width)  # (B, n, heads, width)
 
+    def _check_inputs(self, x: Tensor, symbols) -> None:
+        check_sequence_input("x", x, self.d_model)
+        _check_symbols(symbols, x, self.use_relative_positional_symbols)
+
     def _attention_qk(self, x: Tensor, symbols, wq: nn.Linear, wk: nn.Linear, width: int, freqs_cos: Tensor | None,
                       freqs_sin: Tensor | None) -> tuple[Tensor, Tensor]:
         """Check ``x (B, n, d)`` and ``symbols``; the attention queries ``(B, n, H, width)`` and keys
         ``(B, n, Hkv, width)``, rotated when RoPE tables are given."""
-        check_sequence_input("x", x, self.d_model)
-        _check_symbols(symbols, x, self.use_relative_positional_symbols)
+        self._check_inputs(x, symbols)
         q, k = self._split(wq, x, self.n_heads, width), self._split(wk, x, self.n_kv_heads, width)
         return rotary_if_given(q, k, freqs_cos, freqs_sin)
 
@@ -228,8 +231,7 @@ class RelationalAttention(_RelationalBase):
                 input_pos: Tensor | None = None) -> RAProblem:
         """The problem of ``x (B, n, d)`` and ``symbols`` after projection (without a mask): attention and relation
         queries/keys and the symbol values; with ``kv_cache``, the keys and values of every cached position."""
-        check_sequence_input("x", x, self.d_model)
-        _check_symbols(symbols, x, self.use_relative_positional_symbols)
+        self._check_inputs(x, symbols)
         q, k, q_rel, k_rel = self._input_projections(x)
         q, k = rotary_if_given(q, k, freqs_cos, freqs_sin)
         values, keys, q_pos = self._values_and_keys(symbols, x.shape[0], {"k_attn": k, "k_rel": k_rel}, kv_cache,
